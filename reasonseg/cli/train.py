@@ -1,0 +1,22 @@
+"""`reasonseg train --config CONFIG.yaml [key=value ...] [--resume]` (one process, or under `accelerate launch`)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="fine-tune with LoRA (LISA recipe) on your datasets")
+    parser.add_argument("--config", default=None, help="training YAML (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--max-steps-now", type=int, default=None, help="stop after this step (resume later)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-4 lora.r=16")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..training.config import load_training_config
+    from ..training.trainer import train
+
+    config = load_training_config(args.config, args.overrides)
+    output = train(config, resume=args.resume, stop_after=args.max_steps_now)
+    print(f"checkpoints in {output}; merge with: reasonseg export --checkpoint {output} --out DIR")
+    return 0

@@ -1,0 +1,99 @@
+"""Greedy decoding with a KV cache that keeps the hidden states [SEG] tokens need.
+
+Each step feeds only the new token(s); the decoder's last hidden state (after the final norm) at the fed position
+is both the input of ``lm_head`` and the state a [SEG] may need, so nothing is recomputed and nothing extra kept
+beyond one ``[hidden]`` vector per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class DecodeResult:
+    """new_ids: generated ids per row (EOS included when produced);
+    step_states: per row ``[steps, hidden]`` float32, row ``t`` = the state that predicted ``new_ids[t]``;
+    cache: the KV cache holding the prompt and every generated token but the last;
+    next_positions ``[B]``: the position of that last, not yet fed, token; attention_mask: the mask of the cache."""
+
+    new_ids: list[list[int]]
+    step_states: list[torch.Tensor]
+    cache: object | None = None
+    next_positions: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+def _decoder_step(decoder, embeds, attention_mask, position_ids, cache):
+    out = decoder(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=cache is not None,
+    )
+    return out.last_hidden_state
+
+
+@torch.no_grad()
+def greedy_decode(
+    decoder,
+    lm_head,
+    embed_tokens,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    cache=None,
+    use_cache: bool = True,
+) -> DecodeResult:
+    """Greedy decoding of a (left-padded) batch.
+
+    inputs_embeds ``[B, T, H]``, attention_mask / position_ids ``[B, T]``: the new input (the whole prompt, or a
+    continuation when ``cache`` already holds earlier turns; then attention_mask covers cache + input).
+    ``use_cache=False`` recomputes the whole sequence every step (the reference behaviour, kept for checking).
+    """
+    batch = inputs_embeds.shape[0]
+    device = inputs_embeds.device
+    if use_cache and cache is None:
+        cache = DynamicCache()
+    new_ids: list[list[int]] = [[] for _ in range(batch)]
+    states: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    next_positions = position_ids[:, -1] + 1
+
+    step_embeds, step_positions, full_mask = inputs_embeds, position_ids, attention_mask
+    all_embeds, all_positions = inputs_embeds, position_ids
+    for step in range(max_new_tokens):
+        if use_cache:
+            hidden = _decoder_step(decoder, step_embeds, full_mask, step_positions, cache)
+        else:
+            hidden = _decoder_step(decoder, all_embeds, full_mask, all_positions, None)
+        last = hidden[:, -1]
+        token = lm_head(last).argmax(dim=-1)
+        for row in range(batch):
+            if not finished[row]:
+                new_ids[row].append(int(token[row]))
+                states[row].append(last[row].float())
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        step_embeds = embed_tokens(token.unsqueeze(1)).to(inputs_embeds.dtype)
+        step_positions = next_positions.unsqueeze(1)
+        next_positions = next_positions + 1
+        full_mask = torch.cat([full_mask, full_mask.new_ones((batch, 1))], dim=1)
+        if not use_cache:
+            all_embeds = torch.cat([all_embeds, step_embeds], dim=1)
+            all_positions = torch.cat([all_positions, step_positions], dim=1)
+    return DecodeResult(
+        new_ids=new_ids,
+        step_states=[torch.stack(s) if s else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1])) for s in states],
+        cache=cache,
+        next_positions=next_positions,
+        attention_mask=full_mask,
+    )

@@ -1,0 +1,238 @@
+"""The reasoning-segmentation model: a LLaVA-style vision-language model whose [SEG] states prompt SAM.
+
+    image -> vision tower -> projector --+
+                                         +-> splice into token embeddings -> causal LM -> tokens
+    prompt -> tokens --------------------+                                      |
+    image -> SAM image encoder -> image embedding          hidden state feeding each [SEG] -> [SEG] projection
+                                      +----------------> SAM mask decoder <-------------+ -> upscale -> mask logits
+"""
+
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, SamModel
+from transformers.utils import ModelOutput
+
+from .configuration_reasonseg import ReasonSegConfig
+from .losses import mask_losses, token_cross_entropy
+from .multimodal_inputs import SplicedInputs, splice_image_features
+from .placement import execution_device, parameter_dtype
+from .projector import build_projector
+from .sam import decode_seg_masks, sam_image_embeddings, upscale_mask_logits
+from .seg_projection import SegProjection
+
+
+@dataclass
+class ReasonSegOutput(ModelOutput):
+    """Output of :meth:`ReasonSegForCausalLM.forward`.
+
+    pred_masks: per image, ``[n_i, H_i, W_i]`` float32 mask logits at the original size (one per [SEG], in order);
+    seg_hidden_states ``[n, hidden]`` and seg_embeddings ``[n, prompt_dim]``: for every [SEG] of the batch.
+    """
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    mask_bce_loss: torch.Tensor | None = None
+    mask_dice_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_masks: list[torch.Tensor] | None = None
+    low_res_masks: list[torch.Tensor] | None = None
+    iou_predictions: list[torch.Tensor] | None = None
+    seg_hidden_states: torch.Tensor | None = None
+    seg_embeddings: torch.Tensor | None = None
+
+
+class ReasonSegPreTrainedModel(PreTrainedModel):
+    config: ReasonSegConfig
+    base_model_prefix = "reasonseg"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # the mask decoder and prompt encoder stay whole on one device, where the masks are computed
+    _no_split_modules = [
+        "LlamaDecoderLayer", "Qwen2DecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer", "SamVisionLayer",
+        "SamMaskDecoder", "SamPromptEncoder", "SegProjection",
+    ]
+    input_modalities = ("image", "text")
+
+
+class ReasonSegForCausalLM(ReasonSegPreTrainedModel):
+    def __init__(self, config: ReasonSegConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = build_projector(
+            config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.sam = SamModel(config.sam_config)
+        self.seg_projection = SegProjection(config.text_config.hidden_size, config.seg_embedding_dim)
+        self.post_init()
+
+    # ---- embeddings (delegated so resize_token_embeddings works as usual) ----
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The language model without its head; its output is the hidden state after the final norm."""
+        return self.language_model.get_decoder()
+
+    # ---- the two image branches ----
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision-tower pixels ``[B, 3, h, w]`` -> projected image features ``[B, N, hidden]``."""
+        tower = self.vision_tower
+        outputs = tower(pixel_values.to(execution_device(tower), parameter_dtype(tower)), output_hidden_states=True)
+        features = outputs.hidden_states[self.config.vision_feature_layer]
+        if self.config.vision_feature_select_strategy == "patch":
+            features = features[:, 1:]
+        projector = self.multi_modal_projector
+        return projector(features.to(execution_device(projector), parameter_dtype(projector)))
+
+    def encode_sam_images(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
+        """SAM pixels ``[B, 3, S, S]`` -> image embeddings ``[B, C, S/16, S/16]``."""
+        return sam_image_embeddings(self.sam, sam_pixel_values.to(execution_device(self.sam.vision_encoder)))
+
+    # ---- text side ----
+    def splice_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features: torch.Tensor | None,
+        image_indices: list[int] | None,
+        padding_side: str = "right",
+    ) -> SplicedInputs:
+        embedding = self.get_input_embeddings()
+        input_ids = input_ids.to(execution_device(embedding))
+        token_embeddings = embedding(input_ids.clamp(min=0))
+        return splice_image_features(
+            token_embeddings,
+            input_ids,
+            attention_mask.to(input_ids.device),
+            image_features,
+            image_indices,
+            self.config.image_token_index,
+            padding_side,
+        )
+
+    def seg_token_locations(self, input_ids: torch.Tensor, spliced: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, expanded positions) of the hidden states that feed each [SEG] of ``input_ids``, in reading order.
+
+        ``seg_hidden_position="before"``: the position just before the [SEG] (whose logits predict it; LISA);
+        ``"at"``: the [SEG] position itself (Sa2VA).
+        """
+        seg_id = self.config.seg_token_id
+        rows, cols = torch.nonzero(input_ids == seg_id, as_tuple=True)
+        positions = spliced.token_positions[rows, cols.to(spliced.token_positions.device)]
+        if self.config.seg_hidden_position == "before":
+            positions = positions - 1
+        return rows, positions
+
+    # ---- mask side ----
+    def masks_from_seg_hidden(
+        self,
+        seg_hidden_states: torch.Tensor,
+        image_embedding: torch.Tensor,
+        resized_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All [SEG] states of one image -> (mask logits ``[n, H, W]``, low-res logits, predicted IoU, prompts)."""
+        prompts = self.seg_projection(seg_hidden_states.to(execution_device(self.seg_projection)))
+        sam_device = execution_device(self.sam.mask_decoder)
+        if prompts.shape[0] == 0:
+            empty = torch.zeros((0, *original_size), dtype=torch.float32, device=sam_device)
+            return empty, empty.new_zeros((0, 0, 0)), empty.new_zeros((0,)), prompts
+        low_res, iou = decode_seg_masks(
+            self.sam, image_embedding.to(sam_device), prompts.to(sam_device), self.config.mask_selection
+        )
+        image_size = self.config.sam_config.vision_config.image_size
+        return upscale_mask_logits(low_res, resized_size, original_size, image_size), low_res, iou, prompts
+
+    # ---- the full forward (training and LISA's forced-[SEG] validation) ----
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        sam_pixel_values: torch.Tensor | None = None,
+        image_indices: list[int] | None = None,
+        resized_sizes: list[tuple[int, int]] | None = None,
+        original_sizes: list[tuple[int, int]] | None = None,
+        labels: torch.Tensor | None = None,
+        gt_masks: list[torch.Tensor] | None = None,
+        image_features: torch.Tensor | None = None,
+        sam_image_embeddings: torch.Tensor | None = None,
+        return_logits: bool = True,
+    ) -> ReasonSegOutput:
+        """One pass over a batch of conversations.
+
+        input_ids / attention_mask / labels: ``[B, L]`` (right-padded; labels -100 where not supervised);
+        pixel_values: vision-tower pixels ``[num_images, 3, h, w]``; sam_pixel_values ``[num_images, 3, S, S]``;
+        image_indices: the image of each conversation (several conversations may share one image);
+        resized_sizes / original_sizes: per image, the SAM-resized and original ``(H, W)``;
+        gt_masks: per image, ``[n_i, H_i, W_i]`` targets for its [SEG]s in order (enables the mask losses).
+        Precomputed ``image_features`` / ``sam_image_embeddings`` skip the encoders.
+        """
+        if image_indices is None:
+            image_indices = list(range(input_ids.shape[0]))
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values)
+        spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
+        hidden = self.decoder(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            position_ids=spliced.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.get_output_embeddings()(hidden) if (return_logits or labels is not None) else None
+
+        output = ReasonSegOutput(logits=logits)
+        if labels is not None:
+            expanded_labels = spliced.expand_token_values(labels.to(spliced.token_positions.device), -100)
+            output.ce_loss = token_cross_entropy(logits, expanded_labels.to(logits.device))
+
+        rows, positions = self.seg_token_locations(input_ids.to(spliced.token_positions.device), spliced)
+        seg_hidden = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+        output.seg_hidden_states = seg_hidden
+        if sam_pixel_values is not None or sam_image_embeddings is not None:
+            if sam_image_embeddings is None:
+                sam_image_embeddings = self.encode_sam_images(sam_pixel_values)
+            row_images = torch.as_tensor(image_indices, device=rows.device)[rows]
+            pred_masks, low_res_masks, ious, prompts = [], [], [], []
+            for image in range(sam_image_embeddings.shape[0]):
+                selected = row_images == image
+                masks, low_res, iou, prompt = self.masks_from_seg_hidden(
+                    seg_hidden[selected.to(seg_hidden.device)],
+                    sam_image_embeddings[image : image + 1],
+                    tuple(resized_sizes[image]),
+                    tuple(original_sizes[image]),
+                )
+                pred_masks.append(masks)
+                low_res_masks.append(low_res)
+                ious.append(iou)
+                prompts.append(prompt)
+            output.pred_masks, output.low_res_masks, output.iou_predictions = pred_masks, low_res_masks, ious
+            output.seg_embeddings = torch.cat(prompts) if prompts else None
+            if gt_masks is not None:
+                bce, dice = mask_losses(pred_masks, [m.to(p.device) for m, p in zip(gt_masks, pred_masks)])
+                output.mask_bce_loss = self.config.bce_loss_weight * bce
+                output.mask_dice_loss = self.config.dice_loss_weight * dice
+                output.mask_loss = output.mask_bce_loss + output.mask_dice_loss
+        if output.ce_loss is not None:
+            ce = self.config.ce_loss_weight * output.ce_loss
+            output.loss = ce + output.mask_loss.to(ce.device) if output.mask_loss is not None else ce
+        return output
+
+
+AutoModel.register(ReasonSegConfig, ReasonSegForCausalLM, exist_ok=True)
+AutoModelForCausalLM.register(ReasonSegConfig, ReasonSegForCausalLM, exist_ok=True)

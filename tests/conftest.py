@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny seeded models built from configs, and the LISA reference fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LISA_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "lisa_ref_tiny"
+
+
+@pytest.fixture(scope="session")
+def lisa_fixture() -> Path:
+    if not LISA_FIXTURE.is_dir():
+        pytest.skip(f"LISA reference fixture not found at {LISA_FIXTURE} (it ships beside the repo, not in it)")
+    return LISA_FIXTURE
+
+
+@pytest.fixture()
+def tiny():
+    from reasonseg.modeling.tiny import build_tiny_model
+
+    return build_tiny_model(seed=0)
+
+
+@pytest.fixture()
+def rgb_image() -> Image.Image:
+    rng = np.random.RandomState(0)
+    return Image.fromarray((rng.rand(60, 80, 3) * 255).astype(np.uint8))
+
+
+class ScriptedHead(nn.Module):
+    """An lm_head that answers a fixed token script (then EOS): a tiny model whose answers are known."""
+
+    def __init__(self, script: list[int], vocab_size: int, eos_id: int):
+        super().__init__()
+        self.script, self.vocab_size, self.eos_id, self.calls = script, vocab_size, eos_id, 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        token = self.script[self.calls] if self.calls < len(self.script) else self.eos_id
+        self.calls += 1
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab_size)
+        logits[..., token] = 1.0
+        return logits + 0 * hidden.sum(-1, keepdim=True)
+
+
+def script_answers(model, processor, script: list[int]) -> ScriptedHead:
+    head = ScriptedHead(script, model.config.text_config.vocab_size, processor.eos_token_id)
+    model.language_model.lm_head = head
+    return head
