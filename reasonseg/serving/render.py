@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..cli.outputs import mask_record
+from ..inference.mask_io import mask_record
 
 # one colour per mask, the same list the web page uses
 PALETTE = [
