@@ -23,6 +23,7 @@ VERB_MODULES = [
     "data",
     "world",
     "serve",
+    "pretrain",
 ]
 
 

@@ -1,0 +1,272 @@
+"""Stage 1 of the demo model: pre-train a small SAM on the shapes world with point and box prompts, as SAM was.
+
+The result is a transformers-format SAM directory (``SamModel.save_pretrained``) that ``reasonseg build --sam`` takes
+like ``facebook/sam-vit-huge``. Samples are drawn from the world's train split by index, so a step's batch depends
+only on ``(seed, step)``; checkpoints and resume use the reasoning-segmentation trainer's atomic format.
+
+    reasonseg pretrain sam --config configs/demo/toy_sam.yaml [key=value ...] [--resume]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+
+from ..data.toy_world import generate_scene, split_seed
+from ..errors import InputError
+from ..modeling.losses import mask_bce, mask_dice
+from ..modeling.sam import upscale_mask_logits
+from ..processing.sam_transform import SamTransform
+from .stage_config import build_flat_dataclass, read_config_dict
+from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
+
+FINAL_MODEL_DIR = "model"
+
+
+@dataclass
+class SamPretrainConfig:
+    output_dir: str = "runs/toy_sam"
+    # the SAM's shape: ViT image encoder, then prompt encoder and mask decoder of width `embed_dim`
+    image_size: int = 256
+    patch_size: int = 8
+    encoder_width: int = 128
+    encoder_depth: int = 4
+    encoder_heads: int = 4
+    window_size: int = 8
+    global_attn_indexes: list[int] = field(default_factory=lambda: [1, 3])
+    embed_dim: int = 128
+    decoder_mlp_dim: int = 512
+    decoder_heads: int = 4
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 8
+    prompts_per_image: int = 4
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    # prompts: boxes for a share of the steps, else one point: the object's innermost pixel or a random one of it
+    box_rate: float = 0.5
+    random_point_rate: float = 0.5
+    save_every: int = 200
+    keep_last: int = 2
+    log_every: int = 10
+    val_every: int = 500
+    val_scenes: int = 32
+    seed: int = 0
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def mask_size(self) -> int:
+        return 4 * self.image_size // self.patch_size
+
+
+def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConfig:
+    config = build_flat_dataclass(SamPretrainConfig, read_config_dict(path, overrides), "toy SAM config")
+    if config.image_size % config.patch_size:
+        raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
+    if config.precision not in ("fp32", "bf16"):
+        raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    if max(config.global_attn_indexes, default=-1) >= config.encoder_depth:
+        raise InputError(f"global_attn_indexes {config.global_attn_indexes} name blocks beyond encoder_depth {config.encoder_depth}")
+    return config
+
+
+def build_sam(config: SamPretrainConfig) -> SamModel:
+    grid = config.image_size // config.patch_size
+    vision = SamVisionConfig(
+        hidden_size=config.encoder_width,
+        output_channels=config.embed_dim,
+        num_hidden_layers=config.encoder_depth,
+        num_attention_heads=config.encoder_heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        window_size=config.window_size,
+        global_attn_indexes=list(config.global_attn_indexes),
+        mlp_dim=4 * config.encoder_width,
+        num_pos_feats=config.embed_dim // 2,
+        initializer_range=0.02,  # SAM's default (1e-10) is meant for loading weights, not for training
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=config.embed_dim, image_size=config.image_size, patch_size=config.patch_size,
+        image_embedding_size=grid,
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=config.embed_dim, mlp_dim=config.decoder_mlp_dim, num_attention_heads=config.decoder_heads,
+        iou_head_hidden_dim=config.embed_dim,
+    )
+    sam_config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder,
+                           initializer_range=0.02)
+    torch.manual_seed(config.seed)
+    return SamModel(sam_config)
+
+
+@dataclass
+class PromptBatch:
+    pixel_values: torch.Tensor  # [B, 3, S, S]
+    points: torch.Tensor  # [B, K, 1, 2] in the resized frame
+    boxes: torch.Tensor  # [B, K, 4]
+    targets: torch.Tensor  # [B, K, S, S] float 0/1 in the padded frame
+
+
+def _padded_mask(mask: np.ndarray, resized: tuple[int, int], size: int) -> np.ndarray:
+    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((resized[1], resized[0]), Image.NEAREST)
+    out = np.zeros((size, size), dtype=np.float32)
+    out[: resized[0], : resized[1]] = np.asarray(small) > 127
+    return out
+
+
+def draw_prompt_batch(config: SamPretrainConfig, step: int, transform: SamTransform) -> PromptBatch:
+    """The batch of ``step``: scenes ``step * batch_size + row`` of the train split, ``prompts_per_image`` objects
+    each (drawn with replacement so every image brings the same number)."""
+    pixels, points, boxes, targets = [], [], [], []
+    for row in range(config.batch_size):
+        index = step * config.batch_size + row
+        rng = np.random.default_rng([config.seed, index])
+        scene = generate_scene(split_seed("train", index))
+        image = Image.fromarray(scene.image)
+        pixel_values, resized = transform(image)
+        scale = resized[0] / scene.height
+        chosen = rng.integers(0, len(scene.objects), size=config.prompts_per_image)
+        row_points, row_boxes, row_targets = [], [], []
+        for object_index in chosen:
+            obj = scene.objects[int(object_index)]
+            mask = obj.mask
+            if rng.random() < config.random_point_rate:
+                ys, xs = np.nonzero(mask)
+                pick = rng.integers(0, len(xs))
+                point = (float(xs[pick]), float(ys[pick]))
+            else:
+                point = (float(obj.point[0]), float(obj.point[1]))
+            row_points.append([[point[0] * scale, point[1] * scale]])
+            row_boxes.append([v * scale for v in obj.box])
+            row_targets.append(_padded_mask(mask, resized, config.image_size))
+        pixels.append(pixel_values)
+        points.append(row_points)
+        boxes.append(row_boxes)
+        targets.append(np.stack(row_targets))
+    return PromptBatch(
+        torch.stack(pixels),
+        torch.tensor(points, dtype=torch.float32),
+        torch.tensor(boxes, dtype=torch.float32),
+        torch.from_numpy(np.stack(targets)),
+    )
+
+
+def prompt_losses(model: SamModel, batch: PromptBatch, use_boxes: bool) -> dict[str, torch.Tensor]:
+    prompts = {"input_boxes": batch.boxes} if use_boxes else {
+        "input_points": batch.points, "input_labels": torch.ones(batch.points.shape[:3], dtype=torch.long)
+    }
+    out = model(pixel_values=batch.pixel_values, multimask_output=False, **prompts)
+    size = batch.targets.shape[-1]
+    low = out.pred_masks[:, :, 0].float()  # [B, K, m, m]
+    logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False).flatten(0, 1)
+    targets = batch.targets.flatten(0, 1)
+    bce = mask_bce(logits, targets).mean()
+    dice = mask_dice(logits, targets).mean()
+    with torch.no_grad():
+        predicted = logits > 0
+        inter = (predicted & (targets > 0)).flatten(1).sum(-1).float()
+        union = (predicted | (targets > 0)).flatten(1).sum(-1).float()
+        iou = inter / union.clamp(min=1)
+    iou_loss = F.mse_loss(out.iou_scores[:, :, 0].float().flatten(), iou)
+    return {"loss": bce + dice + iou_loss, "bce": bce, "dice": dice, "iou_loss": iou_loss, "iou": iou.mean()}
+
+
+@torch.no_grad()
+def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, split: str = "val") -> dict[str, float]:
+    """Mean IoU at the original image size of every object of ``num_scenes`` scenes, prompted by its innermost
+    point and by its box."""
+    transform = SamTransform(config.image_size)
+    model.eval()
+    ious = {"point": [], "box": []}
+    for index in range(num_scenes):
+        scene = generate_scene(split_seed(split, index))
+        pixel_values, resized = transform(Image.fromarray(scene.image))
+        scale = resized[0] / scene.height
+        points = torch.tensor([[[[o.point[0] * scale, o.point[1] * scale]] for o in scene.objects]])
+        boxes = torch.tensor([[[v * scale for v in o.box] for o in scene.objects]])
+        embedding = model.get_image_embeddings(pixel_values[None])
+        for kind, prompts in (
+            ("point", {"input_points": points, "input_labels": torch.ones(points.shape[:3], dtype=torch.long)}),
+            ("box", {"input_boxes": boxes}),
+        ):
+            out = model(image_embeddings=embedding, multimask_output=False, **prompts)
+            logits = upscale_mask_logits(out.pred_masks[0, :, 0], resized, (scene.height, scene.width), config.image_size)
+            for obj, predicted in zip(scene.objects, (logits > 0).numpy()):
+                truth = obj.mask
+                union = np.logical_or(predicted, truth).sum()
+                ious[kind].append(np.logical_and(predicted, truth).sum() / union if union else 1.0)
+    model.train()
+    return {f"{kind}_miou": float(np.mean(values)) for kind, values in ious.items()}
+
+
+def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: int | None = None,
+                 progress: bool = True) -> Path:
+    """Train, checkpoint every ``save_every`` steps, validate every ``val_every``; returns the final model dir."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    model = build_sam(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
+    start = 0
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        raise InputError(f"{output_dir} holds no complete checkpoint to resume from; remove it or start without --resume")
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    elif output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(json.dumps(config.to_dict(), indent=2))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    transform = SamTransform(config.image_size)
+    log_path = output_dir / "log.jsonl"
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not progress, desc="toy SAM")
+    began = time.time()
+    model.train()
+    for step in bar:
+        batch = draw_prompt_batch(config, step, transform)
+        batch = PromptBatch(*(t.to(accelerator.device) for t in vars(batch).values()))
+        use_boxes = np.random.default_rng([config.seed, step, 7]).random() < config.box_rate
+        with accelerator.autocast():
+            losses = prompt_losses(model, batch, use_boxes)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = {"step": done, "lr": scheduler.get_last_lr()[0], "prompt": "box" if use_boxes else "point",
+                  **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+        bar.set_postfix(loss=f"{record['loss']:.3f}", iou=f"{record['iou']:.3f}")
+        if config.val_every and done % config.val_every == 0 or done == config.steps:
+            record.update(evaluate_sam(accelerator.unwrap_model(model), config, config.val_scenes))
+        if done % config.log_every == 0 or "point_miou" in record:
+            record["elapsed_s"] = round(time.time() - began, 1)
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if done % config.save_every == 0 or done == end:
+            save_checkpoint(output_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, config)
+    final = output_dir / FINAL_MODEL_DIR
+    if end == config.steps:
+        accelerator.unwrap_model(model).save_pretrained(final)
+    return final

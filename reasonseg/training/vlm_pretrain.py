@@ -1,0 +1,297 @@
+"""Stage 2 of the demo model: a small LLaVA (CLIP tower + MLP projector + LLaMA) trained on the shapes world's
+question answering and captions, as LLaVA is trained on instruction data.
+
+The result is a transformers ``LlavaForConditionalGeneration`` directory with its tokenizer and CLIP image
+processor (the llava-hf layout), which ``reasonseg build --vlm`` takes like ``llava-hf/llava-1.5-7b-hf``.
+Everything is trained (a toy model has no pre-trained parts to protect). The tokenizer is a byte-level BPE learned
+from the world's own text, so the whole vocabulary of the world costs few tokens.
+
+    reasonseg pretrain vlm --config configs/demo/toy_llava.yaml [key=value ...] [--resume]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
+
+from ..data.templates import question_for
+from ..data.toy_world import generate_sample, split_seed
+from ..errors import InputError
+from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
+from .stage_config import build_flat_dataclass, read_config_dict
+from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
+
+FINAL_MODEL_DIR = "model"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VlmPretrainConfig:
+    output_dir: str = "runs/toy_llava"
+    conv_type: str = "llava_v1"
+    vocab_size: int = 1024
+    tokenizer_scenes: int = 2000  # train-split scenes whose text teaches the tokenizer
+    image_size: int = 128  # the CLIP input is the whole image squashed to a square (no centre crop)
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_depth: int = 4
+    vision_heads: int = 4
+    text_width: int = 256
+    text_depth: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 704
+    max_length: int = 320
+    steps: int = 3000
+    batch_size: int = 8
+    turns_per_image: int = 3  # question-answer turns per conversation
+    referring_rate: float = 0.5  # share of turns that ask which object a segmentation query means
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    save_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    val_every: int = 250
+    val_scenes: int = 32
+    seed: int = 0
+    threads: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConfig:
+    config = build_flat_dataclass(VlmPretrainConfig, read_config_dict(path, overrides), "toy LLaVA config")
+    get_template(config.conv_type)
+    if config.image_size % config.patch_size:
+        raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
+    if config.precision not in ("fp32", "bf16"):
+        raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    return config
+
+
+def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> list[tuple[str, str]]:
+    """Question-answer turns about one scene: the world's QA pairs and caption, and referring turns that ask which
+    object a segmentation query means ("the shape that could roll" -> "It is the blue circle.")."""
+    turns = []
+    referring = [q for q in sample.queries if len(q.targets) == 1 and q.family not in ("explanatory",)]
+    for _ in range(config.turns_per_image):
+        if referring and rng.random() < config.referring_rate:
+            query = referring[int(rng.integers(len(referring)))]
+            target = sample.objects[query.targets[0]]
+            question = query.text if query.is_sentence else f"Which shape is {query.text}?"
+            turns.append((question, f"It is the {target.describe(with_size=True)}."))
+        else:
+            pair = sample.qa[int(rng.integers(len(sample.qa)))]
+            turns.append((pair.question, pair.answer))
+    return turns
+
+
+def world_corpus(num_scenes: int) -> list[str]:
+    texts = []
+    for index in range(num_scenes):
+        sample = generate_sample(split_seed("train", index))
+        texts.append(sample.caption)
+        texts.extend(f"{p.question} {p.answer}" for p in sample.qa)
+        texts.extend(f"{q.text} {q.answer} {' '.join(q.alternatives)} {q.reason or ''}" for q in sample.queries)
+    texts.extend(question_for("the red circle", bool(i % 2), random.Random(i)) for i in range(200))
+    return texts
+
+
+def build_world_tokenizer(config: VlmPretrainConfig) -> PreTrainedTokenizerFast:
+    template = get_template(config.conv_type)
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", DEFAULT_IMAGE_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = world_corpus(config.tokenizer_scenes) + [template.system] * 50
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
+        model_max_length=config.max_length,
+    )
+
+
+def build_llava(config: VlmPretrainConfig, tokenizer) -> LlavaForConditionalGeneration:
+    vision = CLIPVisionConfig(
+        hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
+        num_hidden_layers=config.vision_depth, num_attention_heads=config.vision_heads,
+        image_size=config.image_size, patch_size=config.patch_size, projection_dim=config.vision_width,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.text_width, intermediate_size=config.text_intermediate,
+        num_hidden_layers=config.text_depth, num_attention_heads=config.text_heads,
+        num_key_value_heads=config.text_heads, max_position_embeddings=config.max_length + 64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    llava = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN),
+        projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_seq_length=config.num_image_tokens,
+    )
+    torch.manual_seed(config.seed)
+    return LlavaForConditionalGeneration(llava)
+
+
+def build_image_processor(config: VlmPretrainConfig) -> CLIPImageProcessor:
+    return CLIPImageProcessor(
+        size={"height": config.image_size, "width": config.image_size}, do_center_crop=False,
+        crop_size={"height": config.image_size, "width": config.image_size},
+    )
+
+
+def encode_conversation(tokenizer, config: VlmPretrainConfig, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Ids with the image token repeated ``num_image_tokens`` times, and labels supervising only the answers
+    (each answer with the template's closing separator)."""
+    template = get_template(config.conv_type)
+    prepared = [(f"{DEFAULT_IMAGE_TOKEN}\n{q}" if i == 0 else q, a) for i, (q, a) in enumerate(turns)]
+    text = template.render(prepared)
+    spans = []
+    for index in range(len(turns)):
+        opened = template.render(prepared[:index] + [(prepared[index][0], None)])
+        closed = template.render(prepared[: index + 1])
+        spans.append((len(opened), len(closed)))
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    image_id = tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
+    ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
+    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        if token == image_id:
+            ids += [image_id] * config.num_image_tokens
+            labels += [IGNORE_INDEX] * config.num_image_tokens
+            continue
+        supervised = any(a <= start and end <= b for a, b in spans)
+        ids.append(token)
+        labels.append(token if supervised else IGNORE_INDEX)
+    return ids[: config.max_length], labels[: config.max_length]
+
+
+def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor) -> dict[str, torch.Tensor]:
+    images, id_lists, label_lists = [], [], []
+    for row in range(config.batch_size):
+        index = step * config.batch_size + row
+        rng = np.random.default_rng([config.seed, index])
+        sample = generate_sample(split_seed("train", index))
+        turns = scene_turns(sample, rng, config)
+        images.append(Image.fromarray(sample.image))
+        ids, labels = encode_conversation(tokenizer, config, turns)
+        id_lists.append(ids)
+        label_lists.append(labels)
+    longest = max(len(ids) for ids in id_lists)
+    input_ids = torch.full((len(id_lists), longest), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(id_lists), longest), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(id_lists), longest), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(id_lists, label_lists)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        attention[row, : len(ids)] = 1
+    pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
+
+
+@torch.no_grad()
+def evaluate_vlm(model, tokenizer, image_processor, config: VlmPretrainConfig, num_scenes: int) -> dict[str, float]:
+    """Answer-token accuracy (teacher forced) on val-split conversations: the share of answer tokens predicted
+    exactly, overall and for referring turns."""
+    model.eval()
+    correct = total = 0
+    for index in range(num_scenes):
+        rng = np.random.default_rng([config.seed, 10_000_000 + index])
+        sample = generate_sample(split_seed("val", index))
+        ids, labels = encode_conversation(tokenizer, config, scene_turns(sample, rng, config))
+        pixel_values = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
+        device = next(model.parameters()).device
+        logits = model(input_ids=torch.tensor([ids], device=device), pixel_values=pixel_values.to(device)).logits[0]
+        predicted = logits[:-1].argmax(-1).cpu()
+        target = torch.tensor(labels[1:])
+        keep = target != IGNORE_INDEX
+        correct += int((predicted[keep] == target[keep]).sum())
+        total += int(keep.sum())
+    model.train()
+    return {"val_token_accuracy": correct / max(total, 1)}
+
+
+def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: int | None = None,
+                 progress: bool = True) -> Path:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    output_dir = Path(config.output_dir)
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if checkpoint is None and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = output_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    else:
+        tokenizer = build_world_tokenizer(config)
+        tokenizer.save_pretrained(str(tokenizer_dir))
+    image_processor = build_image_processor(config)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    model = build_llava(config, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
+    start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
+    (output_dir / "config.yaml").write_text(json.dumps(config.to_dict(), indent=2))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not progress, desc="toy LLaVA")
+    began = time.time()
+    model.train()
+    for step in bar:
+        batch = {k: v.to(accelerator.device) for k, v in draw_batch(config, step, tokenizer, image_processor).items()}
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": round(float(loss.detach()), 5)}
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if config.val_every and done % config.val_every == 0 or done == config.steps:
+            record.update(evaluate_vlm(accelerator.unwrap_model(model), tokenizer, image_processor, config, config.val_scenes))
+        if done % config.log_every == 0 or "val_token_accuracy" in record:
+            record["elapsed_s"] = round(time.time() - began, 1)
+            with open(output_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if done % config.save_every == 0 or done == end:
+            save_checkpoint(output_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, config)
+    final = output_dir / FINAL_MODEL_DIR
+    if end == config.steps:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        tokenizer.save_pretrained(str(final))
+        image_processor.save_pretrained(str(final))
+        (final / "reasonseg_stage.json").write_text(json.dumps({"conv_type": config.conv_type}) + "\n")
+    return final
