@@ -23,7 +23,8 @@ class ReasonSegConfig(PreTrainedConfig):
     sam_config: ``transformers.SamConfig`` of the SAM image encoder, prompt encoder and mask decoder.
     projector_type: ``"linear"`` (LLaVA v1 / LISA) or ``"mlp2x_gelu"`` (LLaVA 1.5).
     vision_feature_layer: which hidden state of the vision tower feeds the projector (LLaVA: -2).
-    vision_feature_select_strategy: ``"patch"`` drops the CLS token, ``"cls_patch"`` keeps it.
+    vision_feature_select_strategy: ``"patch"`` drops the CLS token (CLIP, LLaVA), ``"cls_patch"`` keeps it; ``"full"``
+        keeps every token (towers without a CLS token, such as SigLIP).
     image_token_index: the placeholder id the processor puts where the image features go (never a vocabulary id).
     seg_token_id: vocabulary id of ``[SEG]``.
     seg_hidden_position: ``"before"``: the state of the token before each ``[SEG]`` (the one whose logits predict
@@ -45,7 +46,7 @@ class ReasonSegConfig(PreTrainedConfig):
     sam_config: dict | PreTrainedConfig | None = None
     projector_type: str = "linear"
     vision_feature_layer: int = -2
-    vision_feature_select_strategy: Literal["patch", "cls_patch"] = "patch"
+    vision_feature_select_strategy: Literal["patch", "cls_patch", "full"] = "patch"
     image_token_index: int = -200
     seg_token_id: int | None = None
     seg_hidden_position: Literal["before", "at"] = "before"
