@@ -12,12 +12,18 @@ from ..errors import InputError
 
 @dataclass
 class DatasetSpec:
-    """kind: ``custom`` | ``reason_seg``; path: its folder or JSONL; rate: relative sampling weight."""
+    """kind: ``custom`` | ``reason_seg`` | ``sem_seg`` | ``refer_seg`` | ``vqa``; path: its folder or JSONL (for the
+    LISA kinds: LISA's dataset folder); rate: relative sampling weight; subsets: sub-datasets of a LISA kind (a list
+    or ``"a||b"``, default LISA's list); strict: stop at the first bad record instead of skipping it;
+    explanatory_rate: share of ReasonSeg questions that ask for an explanation (LISA: 0.1)."""
 
     kind: str
     path: str
     rate: float = 1.0
     split: str | None = None
+    subsets: list[str] | str | None = None
+    strict: bool = False
+    explanatory_rate: float = 0.0
 
 
 @dataclass
@@ -50,11 +56,21 @@ class TrainingConfig:
     dice_loss_weight: float = 0.5
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    # QLoRA: the frozen base model in 4- or 8-bit (bitsandbytes; CUDA only), LoRA and the trained parts in fp32
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
     conversations_per_image: int = 3
     max_length: int = 512
     save_every: int = 100
     keep_last: int = 2
     log_every: int = 10
+    tensorboard: bool = True  # event files under <output_dir>/tensorboard
+    # periodic validation (LISA's forced-[SEG] protocol, gIoU/cIoU): a ReasonSeg folder, or KIND:PATH as in
+    # `reasonseg eval` (reasonseg:DIR, custom:FILE.jsonl); every val_every steps (0: after the last step only)
+    val_data: str | None = None
+    val_every: int = 0
+    val_batch_size: int = 4
+    val_max_samples: int | None = None
     seed: int = 0
     num_workers: int = 0
 
@@ -116,8 +132,27 @@ def _build(raw: dict) -> TrainingConfig:
             except ValueError:
                 raise InputError(f"training config {name}: {value!r} is not a number") from None
     config = TrainingConfig(**values)
+    _validate(config)
     if not config.model:
         raise InputError("the training config names no model: set model: PATH_OR_HUB_ID")
     if not config.datasets:
         raise InputError("the training config lists no datasets")
     return config
+
+
+def _validate(config: TrainingConfig) -> None:
+    """Checks of the non-dataset fields that need no model or data (one-line errors saying what to set)."""
+    if config.precision not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"training config precision: {config.precision!r}; use fp32, bf16 or fp16")
+    if config.load_in_4bit and config.load_in_8bit:
+        raise InputError("training config: set one of load_in_4bit and load_in_8bit, not both")
+    for name in ("steps_per_epoch", "epochs", "batch_size", "grad_accumulation_steps", "save_every", "log_every",
+                 "val_batch_size"):
+        if int(getattr(config, name)) < 1:
+            raise InputError(f"training config {name}: {getattr(config, name)} must be at least 1")
+    if config.val_every < 0:
+        raise InputError(f"training config val_every: {config.val_every} must be 0 (only at the end) or more")
+    if config.val_max_samples is not None and config.val_max_samples < 1:
+        raise InputError("training config val_max_samples must be at least 1 (or left out for the whole set)")
+    if config.val_every and not config.val_data:
+        raise InputError("training config sets val_every but no val_data: add val_data: PATH_TO_REASONSEG_VAL")

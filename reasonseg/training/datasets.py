@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..data import lisa_tree
 from ..data.custom import load_custom_mask, read_custom_jsonl, record_conversations
 from ..data.reason_seg import list_samples, load_label_map, read_annotation, render_label_map
+from ..data.refer import load_refer_dataset
+from ..data.semantic import draw_classes, load_sem_seg_dataset, tidy_question
 from ..data.templates import EXPLANATORY_SUFFIX, answer_for, question_for
+from ..data.vqa import load_llava_instruct
 from ..errors import InputError
 from ..processing.image_io import load_image
 from .collate import TrainingSample
@@ -45,8 +50,10 @@ class CustomSource:
 class ReasonSegSource:
     """ReasonSeg-format folders; an ``answer`` field in the JSON (as the toy world writes) is used as is."""
 
-    def __init__(self, path: str, explanatory_rate: float = 0.0):
-        self.samples = list_samples(path)
+    def __init__(
+        self, path: str, explanatory_rate: float = 0.0, strict: bool = False, problems: list[str] | None = None
+    ):
+        self.samples = list_samples(path, strict=strict, problems=problems)
         if not self.samples:
             raise InputError(f"{path} holds no ReasonSeg samples (<id>.jpg|png + <id>.json)")
         self.explanatory_rate = explanatory_rate
@@ -90,7 +97,192 @@ def per_seg_masks(json_path, label_map: np.ndarray, num_seg: int) -> np.ndarray:
     return np.stack([(render_label_map([s], *label_map.shape) == 1).astype(np.uint8) for s in targets])
 
 
-SOURCES = {"custom": CustomSource, "reason_seg": ReasonSegSource}
+# ---------------------------------------------------------------------------------------------------- LISA's tree
+
+
+MAX_REDRAWS = 20
+
+
+class SubsetSource:
+    """Several sub-datasets behind one source, LISA's way: a draw picks a sub-dataset uniformly, then a record.
+
+    Index ``i`` addresses the records of all sub-datasets in order (``draw(i)`` is always the same record);
+    :meth:`pick` is how the mixture chooses an index. A record that turns out unusable when drawn (an unreadable
+    label map, a mask whose size is not its image's, nothing to ask about) raises with ``strict``; otherwise it is
+    reported (``problems`` and a warning) and another record is picked with the same ``rng``.
+    """
+
+    kind = ""
+
+    def __init__(self, subsets: list[tuple[str, object]], strict: bool, problems: list[str]):
+        empty = [name for name, data in subsets if not len(data)]
+        subsets = [(name, data) for name, data in subsets if len(data)]
+        if empty and subsets:
+            warnings.warn(f"{self.kind}: left out {', '.join(empty)}: no usable sample", stacklevel=3)
+        if not subsets:
+            first = f" (first problem: {problems[0]})" if problems else ""
+            raise InputError(f"{self.kind}: no usable sample in any sub-dataset{first}")
+        self.names = [name for name, _ in subsets]
+        self.subsets = [data for _, data in subsets]
+        self.offsets = np.cumsum([0] + [len(d) for d in self.subsets]).tolist()
+        self.strict, self.problems = strict, problems
+        if problems:
+            warnings.warn(f"{self.kind}: skipped {len(problems)} bad record(s); first: {problems[0]}", stacklevel=3)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def pick(self, rng: random.Random) -> int:
+        subset = rng.randrange(len(self.subsets))
+        return self.offsets[subset] + rng.randrange(len(self.subsets[subset]))
+
+    def locate(self, index: int) -> tuple[object, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.kind} index {index} out of range 0..{len(self) - 1}")
+        subset = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.subsets[subset], index - self.offsets[subset]
+
+    def draw(self, index: int, rng: random.Random, max_conversations: int) -> TrainingSample:
+        for _ in range(MAX_REDRAWS):
+            try:
+                sample = self.draw_one(*self.locate(index), rng, max_conversations)
+            except InputError as err:
+                if self.strict:
+                    raise
+                self.problems.append(str(err))
+                warnings.warn(str(err), stacklevel=2)
+            else:
+                if sample is not None:
+                    return sample
+            index = self.pick(rng)
+        last = self.problems[-1] if self.problems else "none"
+        raise InputError(f"{self.kind}: {MAX_REDRAWS} draws in a row gave no usable sample; last problem: {last}")
+
+    def draw_one(self, data, local: int, rng: random.Random, max_conversations: int) -> TrainingSample | None:
+        raise NotImplementedError
+
+
+def _image_of_size(path, height: int, width: int):
+    image = load_image(path)
+    if (image.height, image.width) != (height, width):
+        raise InputError(f"{path}: image is {image.width}x{image.height} but its masks are {width}x{height}")
+    return image
+
+
+def _seg_conversations(prompts: list[str], rng: random.Random) -> list[list[tuple[str, str]]]:
+    """One short question per prompt (LISA: class names and expressions in lower case), one [SEG] answer each."""
+    return [[(tidy_question(question_for(p.lower(), False, rng)), answer_for(1, rng))] for p in prompts]
+
+
+class SemSegSource(SubsetSource):
+    """``sem_seg``: ADE20K, COCO-Stuff, Mapillary, PASCAL-Part, PACO-LVIS; up to ``max_conversations`` classes."""
+
+    kind = "sem_seg"
+
+    def __init__(self, dataset_dir: str, subsets=None, strict: bool = False):
+        problems: list[str] = []
+        names = lisa_tree.parse_subsets(subsets, self.kind)
+        super().__init__([(n, load_sem_seg_dataset(n, dataset_dir, strict, problems)) for n in names], strict, problems)
+
+    def draw_one(self, data, local, rng, max_conversations):
+        drawn = draw_classes(data, local, rng, max_conversations)
+        if drawn is None:
+            raise InputError(f"{data.name} sample {local}: no class to ask about (all pixels ignored)")
+        image = _image_of_size(drawn.image_path, *drawn.masks.shape[1:])
+        return TrainingSample(image, _seg_conversations(drawn.prompts, rng), drawn.masks, source=str(drawn.image_path))
+
+
+class ReferSegSource(SubsetSource):
+    """``refer_seg``: refCOCO, refCOCO+, refCOCOg, refCLEF, gRefCOCO; up to ``max_conversations`` expressions of
+    one image (over all its refs), each with its object's mask."""
+
+    kind = "refer_seg"
+
+    def __init__(self, dataset_dir: str, subsets=None, strict: bool = False, split: str | None = None):
+        problems: list[str] = []
+        loaded = []
+        for entry in lisa_tree.parse_subsets(subsets, self.kind):
+            name, split_by = lisa_tree.refer_subset(entry)
+            refer_root = Path(dataset_dir) / "refer_seg"
+            loaded.append((entry, load_refer_dataset(refer_root, name, split or "train", split_by, strict, problems)))
+        super().__init__(loaded, strict, problems)
+
+    def draw_one(self, data, local, rng, max_conversations):
+        record = data.images[local]
+        chosen = rng.sample(record.expressions, min(max_conversations, len(record.expressions)))
+        image = _image_of_size(record.path, record.height, record.width)
+        masks = np.stack([data.mask(record, expression) for expression in chosen])
+        conversations = _seg_conversations([e.text for e in chosen], rng)
+        return TrainingSample(image, conversations, masks, source=f"{data.refs_path}: image {record.image_id}")
+
+
+class VqaSource(SubsetSource):
+    """``vqa``: LLaVA-Instruct conversations, one per image, no masks (CE loss only)."""
+
+    kind = "vqa"
+
+    def __init__(self, dataset_dir: str, subsets=None, strict: bool = False):
+        problems: list[str] = []
+        names = lisa_tree.parse_subsets(subsets, self.kind)
+        super().__init__([(n, load_llava_instruct(dataset_dir, n, strict, problems)) for n in names], strict, problems)
+
+    def draw_one(self, data, local, rng, max_conversations):
+        record = data[local]
+        image = load_image(record.image)
+        return TrainingSample(image, [list(record.turns)], np.zeros((0, image.height, image.width), np.uint8),
+                              source=record.source)
+
+
+class ReasonSegTreeSource(SubsetSource):
+    """``reason_seg`` in LISA's tree: ``ReasonSeg|train`` -> ``<dataset_dir>/reason_seg/ReasonSeg/train``."""
+
+    kind = "reason_seg"
+
+    def __init__(self, dataset_dir: str, subsets=None, strict: bool = False, explanatory_rate: float = 0.0):
+        problems: list[str] = []
+        loaded = []
+        for entry in lisa_tree.parse_subsets(subsets, self.kind):
+            folder = lisa_tree.reason_seg_folder(dataset_dir, entry)
+            loaded.append((entry, ReasonSegSource(str(folder), explanatory_rate, strict, problems)))
+        super().__init__(loaded, strict, problems)
+
+    def draw_one(self, data, local, rng, max_conversations):
+        return data.draw(local, rng, max_conversations)
+
+
+def is_lisa_tree(path: str | Path) -> bool:
+    """A folder laid out as LISA's ``dataset/`` (rather than a ReasonSeg folder of samples)."""
+    path = Path(path)
+    return any((path / sub).is_dir() for sub in ("reason_seg", "refer_seg", "ade20k", "llava_dataset", "vlpart"))
+
+
+def make_source(spec):
+    """A :class:`~reasonseg.training.config.DatasetSpec` -> its source."""
+    subsets = getattr(spec, "subsets", None)
+    strict = bool(getattr(spec, "strict", False))
+    explanatory_rate = float(getattr(spec, "explanatory_rate", 0.0) or 0.0)
+    if spec.kind == "custom":
+        return CustomSource(spec.path)
+    if spec.kind == "reason_seg":
+        if subsets is None and not is_lisa_tree(spec.path):
+            return ReasonSegSource(spec.path, explanatory_rate)
+        return ReasonSegTreeSource(spec.path, subsets, strict, explanatory_rate)
+    if spec.kind == "sem_seg":
+        return SemSegSource(spec.path, subsets, strict)
+    if spec.kind == "refer_seg":
+        return ReferSegSource(spec.path, subsets, strict, spec.split)
+    if spec.kind == "vqa":
+        return VqaSource(spec.path, subsets, strict)
+    raise InputError(f"unknown dataset kind {spec.kind!r}; supported: {', '.join(SOURCES)}")
+
+
+SOURCES = {
+    "custom": CustomSource,
+    "reason_seg": ReasonSegSource,
+    "sem_seg": SemSegSource,
+    "refer_seg": ReferSegSource,
+    "vqa": VqaSource,
+}
 
 
 class MixedTrainingDataset(Dataset):
@@ -107,14 +299,23 @@ class MixedTrainingDataset(Dataset):
     def __getitem__(self, index: int) -> TrainingSample:
         rng = random.Random(f"{self.seed}:{index}")
         source = rng.choices(self.sources, weights=self.weights)[0]
-        return source.draw(rng.randrange(len(source)), rng, self.conversations)
+        picked = source.pick(rng) if hasattr(source, "pick") else rng.randrange(len(source))
+        return source.draw(picked, rng, self.conversations)
 
 
 def build_training_dataset(config: TrainingConfig, length: int) -> MixedTrainingDataset:
+    """Sources of ``config.datasets`` mixed by their rates. LISA's recipe is four entries on one dataset folder::
+
+        datasets:
+          - {kind: sem_seg, path: dataset, rate: 9, subsets: "ade20k||cocostuff||pascal_part||paco_lvis||mapillary"}
+          - {kind: refer_seg, path: dataset, rate: 3, subsets: "refclef||refcoco||refcoco+||refcocog"}
+          - {kind: vqa, path: dataset, rate: 3, subsets: llava_instruct_150k}
+          - {kind: reason_seg, path: dataset, rate: 1, subsets: "ReasonSeg|train", explanatory_rate: 0.1}
+    """
     sources, rates = [], []
     for spec in config.datasets:
         if spec.kind not in SOURCES:
             raise InputError(f"unknown dataset kind {spec.kind!r}; supported: {', '.join(SOURCES)}")
-        sources.append(SOURCES[spec.kind](spec.path))
+        sources.append(make_source(spec))
         rates.append(spec.rate)
     return MixedTrainingDataset(sources, rates, length, config.seed, config.conversations_per_image)
