@@ -84,3 +84,21 @@ def test_vlm_labels_supervise_exactly_the_answers():
     supervised = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert supervised == " There are two shapes.</s> It is red.</s>"
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
+
+
+def test_toy_world_source_gives_one_mask_per_seg_in_answer_order():
+    import random
+
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.training.datasets import ToyWorldSource
+
+    source = ToyWorldSource("train")
+    for index in range(6):
+        drawn = source.draw(index, random.Random(index), 3)
+        answers = [turns[0][1] for turns in drawn.conversations]
+        assert drawn.masks.shape[0] == sum(a.count("[SEG]") for a in answers)
+        sample = generate_sample(split_seed("train", index))
+        assert drawn.masks.shape[1:] == (sample.height, sample.width)
+        assert {m.tobytes() for m in drawn.masks} <= {o.mask.astype(np.uint8).tobytes() for o in sample.objects}
+    with pytest.raises(Exception, match="should name a split"):
+        ToyWorldSource("nonsense")

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data import lisa_tree
@@ -82,6 +83,41 @@ class ReasonSegSource:
         masks = per_seg_masks(sample.json_path, label_map, num_seg)
         all_masks = np.concatenate([masks] * len(conversations)) if len(masks) else np.zeros((0, *target.shape), np.uint8)
         return TrainingSample(image, conversations, all_masks, source=str(sample.json_path))
+
+
+class ToyWorldSource:
+    """The shapes world generated on the fly (docs/toy_world.md): ``path`` names the split (``train``), index ``i``
+    is scene ``i`` of that split. Each conversation is one of the scene's queries, as the world phrases it or inside
+    one of LISA's question templates (short-query or sentence templates by the query's kind); the answer is the
+    world's (one [SEG] per target, none when the target is absent, a reason when asked why)."""
+
+    def __init__(self, split: str, families: list[str] | str | None = None):
+        from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS
+
+        if split not in SPLIT_OFFSETS:
+            raise InputError(f"toy_world path {split!r} should name a split: {', '.join(SPLIT_OFFSETS)}")
+        self.split, self.size = split, SPLIT_SIZE
+        self.families = families.split("||") if isinstance(families, str) else families
+
+    def __len__(self) -> int:
+        return self.size
+
+    def draw(self, index: int, rng: random.Random, max_conversations: int) -> TrainingSample:
+        from ..data.toy_world import generate_sample, split_seed
+
+        sample = generate_sample(split_seed(self.split, index), families=self.families)
+        queries = rng.sample(sample.queries, min(max_conversations, len(sample.queries)))
+        conversations, masks = [], []
+        for query in queries:
+            text = rng.choice([query.text, *query.alternatives])
+            if query.is_sentence:
+                question = rng.choice([question_for(text, True, rng), f"{text} Please output segmentation mask.", text])
+            else:
+                question = rng.choice([question_for(text, False, rng), text])
+            conversations.append([(question, query.answer)])
+            masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
+        stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
+        return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
 
 
 def per_seg_masks(json_path, label_map: np.ndarray, num_seg: int) -> np.ndarray:
@@ -269,6 +305,8 @@ def make_source(spec):
         return ReasonSegTreeSource(spec.path, subsets, strict, explanatory_rate)
     if spec.kind == "sem_seg":
         return SemSegSource(spec.path, subsets, strict)
+    if spec.kind == "toy_world":
+        return ToyWorldSource(spec.path, subsets)
     if spec.kind == "refer_seg":
         return ReferSegSource(spec.path, subsets, strict, spec.split)
     if spec.kind == "vqa":
@@ -282,6 +320,7 @@ SOURCES = {
     "sem_seg": SemSegSource,
     "refer_seg": ReferSegSource,
     "vqa": VqaSource,
+    "toy_world": ToyWorldSource,
 }
 
 
