@@ -16,9 +16,11 @@ from ..errors import ReasonSegError
 VERB_MODULES = [
     "chat",
     "predict",
+    "eval",
     "eval_masks",
     "train",
     "export",
+    "build",
     "convert",
     "data",
     "world",

@@ -12,8 +12,15 @@ Kinds built so far:
   A prompt ending in ``?`` or ``.`` is a sentence (a "long" query), anything else a phrase (a "short" one) -- the
   rule the custom training data uses. Ground truth has no ignore region.
 
-``refcoco``, ``refcoco+``, ``refcocog`` and ``grefcoco`` are recognised and refused with a one-line error: their
-reader is not built yet.
+* ``refcoco``, ``refcoco+``, ``refcocog``, ``grefcoco``: the referring datasets as LISA's ``dataset/refer_seg/``
+  tree holds them (:mod:`reasonseg.data.refer`). ``PATH`` is that ``refer_seg`` folder (or the dataset's own folder
+  inside it); ``--split`` defaults to ``val``. As LISA's validation does, **every** sentence of every referring
+  expression of each image is an item (``all_queries`` changes nothing), lower-cased and stripped as LISA does, and
+  asked with the short-query template. Ground truth: the union of the expression's annotations (no ignore region);
+  a gRefCOCO "no target" expression has an all-zero target.
+
+Every item has a ``uid`` (``<id>#<query index>``) unique in its dataset, and ``in_protocol``: whether LISA's
+validation scores it (the first query of a ReasonSeg image or custom target; every refer sentence).
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import numpy as np
 
 from ..errors import InputError
 
-BUILT_KINDS = ("reasonseg", "custom")
-PLANNED_KINDS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
+REFER_KINDS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
+BUILT_KINDS = ("reasonseg", "custom") + REFER_KINDS
+PLANNED_KINDS: tuple[str, ...] = ()
 KINDS = BUILT_KINDS + PLANNED_KINDS
-DATA_SPEC_EXAMPLE = "reasonseg:/data/ReasonSeg/val or custom:/data/mine.jsonl"
+DATA_SPEC_EXAMPLE = "reasonseg:/data/ReasonSeg/val, refcoco:/data/refer_seg or custom:/data/mine.jsonl"
+DEFAULT_REFER_SPLIT = "val"
 
 
 @dataclass
@@ -43,9 +52,16 @@ class EvalItem:
     image_path: Path
     source: str
     _target: object = field(default=None, repr=False)
+    in_protocol: bool = True
 
-    def key(self, mode: str) -> tuple[str, str, str]:
-        return (self.id, self.query, mode)
+    @property
+    def uid(self) -> str:
+        """Unique in the dataset: the target's id and the query's index."""
+        return f"{self.id}#{self.query_index}"
+
+    def key(self, mode: str) -> str:
+        """The record key of this item scored in ``mode`` (``lisa`` or ``generate``)."""
+        return f"{self.uid}|{mode}"
 
     def load_target(self, height: int, width: int) -> np.ndarray:
         """The ``HxW`` uint8 label map of this item: 0 background, 1 target, 255 ignore."""
@@ -62,6 +78,12 @@ class EvalItem:
             for path in paths:
                 target |= load_custom_mask(path, mask_value, (height, width))
             return target
+        if kind == "refer":
+            dataset, image, expression = payload
+            if (height, width) != (image.height, image.width):
+                raise InputError(f"{image.path}: the image is {width}x{height} but {dataset.refs_path.parent.name}/"
+                                 f"instances.json says {image.width}x{image.height}; fix the image or the JSON")
+            return dataset.mask(image, expression)
         raise InputError(f"{self.source}: unknown ground-truth kind {kind!r}")
 
 
@@ -92,10 +114,8 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
 
 def check_kind(kind: str) -> None:
     if kind in PLANNED_KINDS:
-        raise InputError(
-            f"data kind {kind!r}: the refCOCO-family reader is not built yet; evaluate with reasonseg:FOLDER or "
-            "custom:FILE.jsonl"
-        )
+        raise InputError(f"data kind {kind!r}: its reader is not built yet; evaluate with reasonseg:FOLDER or "
+                         "custom:FILE.jsonl")
     if kind not in BUILT_KINDS:
         raise InputError(f"unknown data kind {kind!r}; use one of: {', '.join(KINDS)}")
 
@@ -109,6 +129,9 @@ def load_dataset(
     problems: list[str] = []
     if kind == "reasonseg":
         folder, items = _reasonseg_items(path, split, all_queries, problems)
+    elif kind in REFER_KINDS:
+        split = split or DEFAULT_REFER_SPLIT
+        folder, items = _refer_items(kind, path, split, problems)
     else:
         if split is not None:
             raise InputError("--split does not apply to custom data (a JSONL file is one split); leave it out")
@@ -152,9 +175,10 @@ def _reasonseg_items(path: Path, split: str | None, all_queries: bool, problems:
     items = []
     for sample in samples:
         # LISA's ValDataset reads sents[0] only; text is stripped before it goes into the question
-        for index, query in _unique_queries(sample.queries, all_queries, str(sample.json_path), problems):
+        chosen = _unique_queries(sample.queries, all_queries, str(sample.json_path), problems)
+        for position, (index, query) in enumerate(chosen):
             items.append(EvalItem(sample.id, query, index, sample.is_sentence, sample.image_path,
-                                  str(sample.json_path), ("reasonseg", sample)))
+                                  str(sample.json_path), ("reasonseg", sample), in_protocol=position == 0))
     return folder, items
 
 
@@ -176,7 +200,34 @@ def _custom_items(path: Path, all_queries: bool, problems: list[str]) -> list[Ev
                             "mask, or one prompt for all of them; skipped")
             continue
         for item_id, group_prompts, group_masks in groups:
-            for index, query in _unique_queries(group_prompts, all_queries, record.source, problems):
+            chosen = _unique_queries(group_prompts, all_queries, record.source, problems)
+            for position, (index, query) in enumerate(chosen):
                 items.append(EvalItem(item_id, query, index, query.endswith(("?", ".")), record.image, record.source,
-                                      ("custom", (list(group_masks), record.mask_value))))
+                                      ("custom", (list(group_masks), record.mask_value)), in_protocol=position == 0))
     return items
+
+
+def _refer_items(kind: str, path: Path, split: str, problems: list[str]):
+    """Every sentence of every ref of every image of the split (LISA's refer_seg validation)."""
+    from ..data.refer import load_refer_dataset
+
+    # PATH is the refer_seg root, or <root>/<kind> itself
+    root = path.parent if path.name == kind and not (path / kind).is_dir() else path
+    if not root.is_dir():
+        raise InputError(f"{path}: refer_seg folder not found (expected the folder holding {kind}/ and images/)")
+    dataset = load_refer_dataset(root, kind, split=split, problems=problems)
+    items = []
+    for image in dataset.images:
+        per_target: dict[str, int] = {}
+        for position, expression in enumerate(image.expressions):
+            ref = expression.ref_id if expression.ref_id is not None else f"e{position}"
+            item_id = f"{image.image_id}.{ref}"
+            index = per_target.get(item_id, 0)
+            per_target[item_id] = index + 1
+            # LISA: sent["sent"].strip().lower(), asked with the short template
+            items.append(EvalItem(item_id, expression.text.strip().lower(), index, False, image.path,
+                                  f"{dataset.refs_path}: ref {ref} of image {image.image_id}",
+                                  ("refer", (dataset, image, expression)), in_protocol=True))
+    if not items:
+        raise InputError(f"{dataset.refs_path}: no usable expressions in split {split!r}")
+    return root / kind, items
