@@ -12,8 +12,9 @@ import torch
 from ..errors import CheckpointError
 
 
-def save_native(model, processor, out_dir: str | Path) -> Path:
-    """Write model + processor atomically: into a temporary sibling, then renamed into place."""
+def save_native(model, processor, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write model + processor (and ``extra_files``: name -> text) atomically: into a temporary sibling, then
+    renamed into place."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise CheckpointError(f"{out_dir} exists and is not empty; choose a new --out directory")
@@ -22,6 +23,8 @@ def save_native(model, processor, out_dir: str | Path) -> Path:
     try:
         model.save_pretrained(str(staging), safe_serialization=True)
         processor.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

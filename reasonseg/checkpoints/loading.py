@@ -15,7 +15,11 @@ from ..processing.processing_reasonseg import ReasonSegProcessor
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # parts kept out of 8/4-bit quantisation (LISA likewise skips its visual model)
 QUANTIZATION_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "sam", "seg_projection", "language_model.lm_head"]
-SUPPORTED_KINDS = "a reasonseg checkpoint (model_type 'reasonseg') or an original LISA checkpoint (LISAForCausalLM)"
+SUPPORTED_KINDS = (
+    "a reasonseg checkpoint (model_type 'reasonseg'), an original LISA checkpoint (LISAForCausalLM) "
+    "or a Sa2VA checkpoint (Sa2VAChatModel)"
+)
+SA2VA_KINDS = ("sa2va", "reasonseg_sa2va")
 
 
 def parse_precision(precision: str) -> torch.dtype:
@@ -69,7 +73,17 @@ def checkpoint_kind(config: dict) -> str:
         return "reasonseg"
     if is_lisa_config(config):
         return "lisa"
+    from .sa2va import sa2va_kind
+
+    sa2va = sa2va_kind(config)  # raises for Sa2VA variants reasonseg does not implement
+    if sa2va is not None:
+        return sa2va
     architectures = ", ".join(config.get("architectures") or []) or "no architectures"
+    if "mm_vision_tower" in config or "LlavaForConditionalGeneration" in architectures:
+        raise CheckpointError(
+            f"this checkpoint is a LLaVA vision-language model ({architectures}), not a segmentation model; build one "
+            "from it: reasonseg build --vlm THIS_DIR --sam sam_vit_h_4b8939.pth --out NEW_DIR"
+        )
     raise CheckpointError(
         f"this checkpoint is a {config.get('model_type', 'unknown')!r} model ({architectures}); "
         f"reasonseg loads {SUPPORTED_KINDS}"
@@ -127,9 +141,19 @@ def load_model_and_processor(
         from .lisa import load_lisa_checkpoint
 
         model, processor = load_lisa_checkpoint(directory, dtype=dtype, vision_tower=vision_tower)
+    elif kind == "sa2va" and quantization is None and device_map is None:
+        from .sa2va import load_sa2va_checkpoint
+
+        model, processor = load_sa2va_checkpoint(directory, dtype=dtype)
     else:
+        model_class, processor_class = ReasonSegForCausalLM, ReasonSegProcessor
         if kind == "lisa":
             directory = converted_lisa_cache(directory, vision_tower)
+        elif kind in SA2VA_KINDS:
+            from .sa2va import converted_sa2va_cache, native_sa2va_classes
+
+            directory = converted_sa2va_cache(directory) if kind == "sa2va" else directory
+            model_class, processor_class = native_sa2va_classes()
         kwargs = {"dtype": dtype}
         if quantization is not None:
             # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16
@@ -138,11 +162,11 @@ def load_model_and_processor(
             kwargs["device_map"] = device_map or device
         elif device_map is not None:
             if device_map == "auto":
-                device_map = plan_device_map(directory, dtype, max_memory)
+                device_map = plan_device_map(directory, dtype, max_memory, model_class)
             kwargs["device_map"] = device_map
             kwargs["offload_folder"] = str(Path.home() / ".cache" / "reasonseg" / "offload")
-        model = ReasonSegForCausalLM.from_pretrained(str(directory), **kwargs)
-        processor = ReasonSegProcessor.from_pretrained(directory)
+        model = model_class.from_pretrained(str(directory), **kwargs)
+        processor = processor_class.from_pretrained(directory)
     if quantization is None and device_map is None:
         model.to(device)
     if device_map is None:  # dispatched models keep the dtype they were loaded in (offloaded weights cannot move)
@@ -155,17 +179,16 @@ def load_model_and_processor(
 PINNED_PARTS = ("vision_tower", "multi_modal_projector", "sam", "seg_projection")
 
 
-def plan_device_map(directory: Path, dtype: torch.dtype, max_memory: dict | None) -> dict:
+def plan_device_map(directory: Path, dtype: torch.dtype, max_memory: dict | None, model_class=None) -> dict:
     """accelerate's big-model placement for the language model; the image and mask parts pinned to the first
     device (charged against its budget), where the masks are computed."""
     from accelerate import infer_auto_device_map, init_empty_weights
     from accelerate.utils import get_max_memory
 
-    from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
-
-    config = ReasonSegForCausalLM.config_class.from_pretrained(str(directory))
+    model_class = model_class or ReasonSegForCausalLM
+    config = model_class.config_class.from_pretrained(str(directory))
     with init_empty_weights():
-        skeleton = ReasonSegForCausalLM(config)
+        skeleton = model_class(config)
     budget = get_max_memory(max_memory)
     first = next(iter(budget))
     itemsize = torch.tensor([], dtype=dtype).element_size()

@@ -236,3 +236,14 @@ class ReasonSegForCausalLM(ReasonSegPreTrainedModel):
 
 AutoModel.register(ReasonSegConfig, ReasonSegForCausalLM, exist_ok=True)
 AutoModelForCausalLM.register(ReasonSegConfig, ReasonSegForCausalLM, exist_ok=True)
+
+
+def _register_auto_processor() -> None:
+    from transformers import AutoProcessor
+
+    from .. import ReasonSegAutoProcessor
+
+    AutoProcessor.register(ReasonSegConfig, ReasonSegAutoProcessor, exist_ok=True)
+
+
+_register_auto_processor()

@@ -1,0 +1,260 @@
+"""Sa2VA (InternVL family) as a reasonseg model: the same interface as :class:`ReasonSegForCausalLM`, so
+``Segmenter``, chat sessions, the CLI and the server run it unchanged.
+
+    image -> 448px tiles -> InternViT -> pixel shuffle -> mlp1 --+
+                                                                  +-> splice -> causal LM -> tokens
+    prompt -> tokens ---------------------------------------------+                 |
+    image -> 1024x1024 -> SAM2 image encoder -> features          hidden state at each [SEG] -> text_hidden_fcs
+                                     +----------------------> SAM2 mask decoder <--------------+ -> mask logits
+
+Why its own class rather than kinds inside ``ReasonSegForCausalLM``: every part differs in kind (InternViT with
+tiling instead of one CLIP crop, pixel shuffle + LayerNorm MLP instead of a LLaVA projector, SAM2 with
+high-resolution features instead of SAM) and a Sa2VA image is several tiles, so only the language model, the
+splice, the [SEG] projection and the losses are shared; those are shared as functions and modules.
+"""
+
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, Sam2Model
+
+from ..losses import mask_losses, token_cross_entropy
+from ..modeling_reasonseg import ReasonSegOutput
+from ..multimodal_inputs import SplicedInputs, splice_image_features
+from ..placement import execution_device, parameter_dtype
+from ..sam import upscale_mask_logits
+from ..seg_projection import SegProjection
+from .configuration_sa2va import Sa2VAConfig
+from .sam2 import Sam2ImageFeatures, decode_sam2_masks, sam2_image_features
+
+
+def pixel_shuffle(features: torch.Tensor, scale: float, version: str = "v2") -> torch.Tensor:
+    """InternVL's pixel shuffle: ``[N, W, H, C]`` -> ``[N, W*s, H*s, C/s^2]`` (``s`` = ``scale`` < 1).
+
+    ``v2`` swaps the two spatial axes back after the shuffle; ``v1`` leaves them swapped, as the first InternVL
+    models were trained."""
+    n, w, h, c = features.shape
+    x = features.reshape(n, w, int(h * scale), int(c / scale))
+    x = x.permute(0, 2, 1, 3).contiguous()
+    x = x.reshape(n, int(h * scale), int(w * scale), int(c / (scale * scale)))
+    if version != "v1":
+        x = x.permute(0, 2, 1, 3).contiguous()
+    return x
+
+
+def build_mlp1(vision_hidden_size: int, text_hidden_size: int, downsample_ratio: float) -> nn.Sequential:
+    """Sa2VA's ``mlp1``: LayerNorm -> Linear -> GELU -> Linear (submodules 0, 1, 3 as in its checkpoints)."""
+    width = vision_hidden_size * int(1 / downsample_ratio) ** 2
+    return nn.Sequential(
+        nn.LayerNorm(width), nn.Linear(width, text_hidden_size), nn.GELU(), nn.Linear(text_hidden_size, text_hidden_size)
+    )
+
+
+class Sa2VAPreTrainedModel(PreTrainedModel):
+    config: Sa2VAConfig
+    base_model_prefix = "sa2va"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = [
+        "InternVLVisionLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer", "Phi3DecoderLayer", "Qwen3DecoderLayer",
+        "Sam2VisionModel", "Sam2MaskDecoder", "Sam2PromptEncoder", "SegProjection",
+    ]
+    input_modalities = ("image", "text")
+
+
+class Sa2VAForCausalLM(Sa2VAPreTrainedModel):
+    """Attribute names follow ``ReasonSegForCausalLM`` (``vision_tower``, ``multi_modal_projector``,
+    ``language_model``, ``sam``, ``seg_projection``) so precision, quantisation and placement rules apply alike."""
+
+    def __init__(self, config: Sa2VAConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = build_mlp1(
+            config.vision_config.hidden_size, config.text_config.hidden_size, config.downsample_ratio
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.sam = Sam2Model(config.sam_config)
+        self.seg_projection = SegProjection(config.text_config.hidden_size, config.seg_embedding_dim)
+        self.post_init()
+
+    # ---- embeddings (delegated so resize_token_embeddings works as usual) ----
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The language model without its head; its output is the hidden state after the final norm."""
+        return self.language_model.get_decoder()
+
+    # ---- the two image branches ----
+    def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles ``[T, 3, 448, 448]`` -> token features ``[T, 256, hidden]`` (Sa2VA's ``extract_feature``)."""
+        tower = self.vision_tower
+        pixels = pixel_values.to(execution_device(tower), parameter_dtype(tower))
+        layer = self.config.vision_feature_layer
+        if layer == -1:
+            features = tower(pixels).last_hidden_state
+        else:
+            features = tower(pixels, output_hidden_states=True).hidden_states[layer]
+        features = features[:, 1:]
+        side = int(features.shape[1] ** 0.5)
+        features = features.reshape(features.shape[0], side, side, -1)
+        features = pixel_shuffle(features, self.config.downsample_ratio, self.config.ps_version)
+        features = features.reshape(features.shape[0], -1, features.shape[-1])
+        projector = self.multi_modal_projector
+        return projector(features.to(execution_device(projector), parameter_dtype(projector)))
+
+    def encode_images(self, pixel_values, tile_counts: list[int] | None = None):
+        """Images' tiles -> per-image token features (what the splice puts in place of each image placeholder).
+
+        ``[B, T, 3, 448, 448]`` (B images of T tiles each, as the processor's ``pixel_values`` ``[1, T, ...]``
+        concatenate) -> ``[B, T*256, hidden]``; ``[T, 3, 448, 448]`` -> ``[1, T*256, hidden]`` (one image); a list
+        of per-image tile tensors, or concatenated tiles with ``tile_counts``, -> a list of ``[T_i*256, hidden]``."""
+        if isinstance(pixel_values, (list, tuple)):
+            tile_counts = [p.reshape(-1, *p.shape[-3:]).shape[0] for p in pixel_values]
+            pixel_values = torch.cat([p.reshape(-1, *p.shape[-3:]) for p in pixel_values])
+        if tile_counts is not None:
+            features = self.encode_tiles(pixel_values)
+            return [chunk.reshape(-1, features.shape[-1]) for chunk in torch.split(features, list(tile_counts))]
+        images = pixel_values.shape[0] if pixel_values.dim() == 5 else 1
+        features = self.encode_tiles(pixel_values.reshape(-1, *pixel_values.shape[-3:]))
+        return features.reshape(images, -1, features.shape[-1])
+
+    def encode_sam_images(self, sam_pixel_values: torch.Tensor) -> Sam2ImageFeatures:
+        """SAM2 pixels ``[B, 3, 1024, 1024]`` -> :class:`Sam2ImageFeatures` (sliceable per image)."""
+        return sam2_image_features(self.sam, sam_pixel_values)
+
+    # ---- text side ----
+    def splice_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features,
+        image_indices: list[int] | None,
+        padding_side: str = "right",
+    ) -> SplicedInputs:
+        embedding = self.get_input_embeddings()
+        input_ids = input_ids.to(execution_device(embedding))
+        token_embeddings = embedding(input_ids.clamp(min=0))
+        return splice_image_features(
+            token_embeddings,
+            input_ids,
+            attention_mask.to(input_ids.device),
+            image_features,
+            image_indices,
+            self.config.image_token_index,
+            padding_side,
+        )
+
+    def seg_token_locations(self, input_ids: torch.Tensor, spliced: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, expanded positions) of the hidden states feeding each [SEG]: at the [SEG] (Sa2VA) or before it."""
+        rows, cols = torch.nonzero(input_ids == self.config.seg_token_id, as_tuple=True)
+        positions = spliced.token_positions[rows, cols.to(spliced.token_positions.device)]
+        if self.config.seg_hidden_position == "before":
+            positions = positions - 1
+        return rows, positions
+
+    # ---- mask side ----
+    def masks_from_seg_hidden(
+        self,
+        seg_hidden_states: torch.Tensor,
+        image_embedding: Sam2ImageFeatures,
+        resized_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All [SEG] states of one image -> (mask logits ``[n, H, W]``, low-res logits, predicted IoU, prompts).
+
+        Low-res logits are resized bilinearly to SAM2's 1024x1024 input, then to the original size (the SAM2
+        input is the squashed image, so ``resized_size`` is the full 1024x1024 and nothing is cropped)."""
+        prompts = self.seg_projection(seg_hidden_states.to(execution_device(self.seg_projection)))
+        sam_device = execution_device(self.sam.mask_decoder)
+        if prompts.shape[0] == 0:
+            empty = torch.zeros((0, *original_size), dtype=torch.float32, device=sam_device)
+            return empty, empty.new_zeros((0, 0, 0)), empty.new_zeros((0,)), prompts
+        low_res, iou = decode_sam2_masks(self.sam, image_embedding, prompts, self.config.mask_selection)
+        image_size = self.config.sam_config.prompt_encoder_config.image_size
+        return upscale_mask_logits(low_res, resized_size, original_size, image_size), low_res, iou, prompts
+
+    # ---- the full forward (training, teacher-forced checks) ----
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        sam_pixel_values: torch.Tensor | None = None,
+        image_indices: list[int] | None = None,
+        resized_sizes: list[tuple[int, int]] | None = None,
+        original_sizes: list[tuple[int, int]] | None = None,
+        labels: torch.Tensor | None = None,
+        gt_masks: list[torch.Tensor] | None = None,
+        image_features=None,
+        sam_image_embeddings: Sam2ImageFeatures | None = None,
+        return_logits: bool = True,
+        tile_counts: list[int] | None = None,
+    ) -> ReasonSegOutput:
+        """One pass over a batch of conversations (as :meth:`ReasonSegForCausalLM.forward`).
+
+        pixel_values: per image its tiles: ``[num_images, T, 3, 448, 448]``, a list of ``[T_i, 3, 448, 448]``, or
+        all tiles concatenated with ``tile_counts``; sam_pixel_values ``[num_images, 3, 1024, 1024]``."""
+        if image_indices is None:
+            image_indices = list(range(input_ids.shape[0]))
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values, tile_counts)
+        spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
+        hidden = self.decoder(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            position_ids=spliced.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.get_output_embeddings()(hidden) if (return_logits or labels is not None) else None
+
+        output = ReasonSegOutput(logits=logits)
+        if labels is not None:
+            expanded_labels = spliced.expand_token_values(labels.to(spliced.token_positions.device), -100)
+            output.ce_loss = token_cross_entropy(logits, expanded_labels.to(logits.device))
+
+        rows, positions = self.seg_token_locations(input_ids.to(spliced.token_positions.device), spliced)
+        seg_hidden = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+        output.seg_hidden_states = seg_hidden
+        if sam_pixel_values is not None or sam_image_embeddings is not None:
+            if sam_image_embeddings is None:
+                sam_image_embeddings = self.encode_sam_images(sam_pixel_values)
+            row_images = torch.as_tensor(image_indices, device=rows.device)[rows]
+            pred_masks, low_res_masks, ious, prompts = [], [], [], []
+            for image in range(len(sam_image_embeddings)):
+                selected = row_images == image
+                masks, low_res, iou, prompt = self.masks_from_seg_hidden(
+                    seg_hidden[selected.to(seg_hidden.device)],
+                    sam_image_embeddings[image],
+                    tuple(resized_sizes[image]),
+                    tuple(original_sizes[image]),
+                )
+                pred_masks.append(masks)
+                low_res_masks.append(low_res)
+                ious.append(iou)
+                prompts.append(prompt)
+            output.pred_masks, output.low_res_masks, output.iou_predictions = pred_masks, low_res_masks, ious
+            output.seg_embeddings = torch.cat(prompts) if prompts else None
+            if gt_masks is not None:
+                bce, dice = mask_losses(pred_masks, [m.to(p.device) for m, p in zip(gt_masks, pred_masks)])
+                output.mask_bce_loss = self.config.bce_loss_weight * bce
+                output.mask_dice_loss = self.config.dice_loss_weight * dice
+                output.mask_loss = output.mask_bce_loss + output.mask_dice_loss
+        if output.ce_loss is not None:
+            ce = self.config.ce_loss_weight * output.ce_loss
+            output.loss = ce + output.mask_loss.to(ce.device) if output.mask_loss is not None else ce
+        return output
+
+
+AutoModel.register(Sa2VAConfig, Sa2VAForCausalLM, exist_ok=True)
+AutoModelForCausalLM.register(Sa2VAConfig, Sa2VAForCausalLM, exist_ok=True)
