@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.loading import load_model_and_processor
+from ..errors import InputError
 from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from ..processing.image_io import load_image
 from ..processing.processing_reasonseg import ReasonSegProcessor
@@ -101,39 +102,72 @@ class Segmenter:
 
     @torch.no_grad()
     def predict_batch(
-        self, images: list, prompts, batch_size: int = 8, max_new_tokens: int = 512, force_seg: bool = False
-    ) -> list[Prediction]:
-        """Answer ``prompts[i]`` (or one prompt for all) about ``images[i]``, ``batch_size`` pairs per forward pass.
+        self,
+        images: list,
+        prompts,
+        batch_size: int = 8,
+        max_new_tokens: int = 512,
+        force_seg: bool | list[bool] = False,
+    ) -> list:
+        """Answer questions about many images, ``batch_size`` (image, prompt) pairs per forward pass.
 
-        Images are encoded together, prompts are left-padded and decoded together; the results equal
-        :meth:`predict` one pair at a time (same tokens; logits equal to float rounding).
+        ``prompts`` is one string asked of every image, or one entry per image: a string, or a list of strings
+        (several questions about that image; its vision and SAM encodings are computed once and shared).
+        ``force_seg`` is one flag or one per image. Returns one :class:`Prediction` per image, or, for an image
+        given a list of prompts, a list of them in prompt order.
+
+        Up to ``batch_size`` images go through the vision tower and SAM's encoder in one call; their prompts are
+        left-padded and decoded together (an image with more than ``batch_size`` prompts is decoded in several
+        groups). The results equal :meth:`predict` one pair at a time: the same tokens, masks and forced [SEG]s,
+        logits equal to float rounding.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts] * len(images)
-        if len(prompts) != len(images):
-            from ..errors import InputError
+        images = list(images)
+        prompt_lists, listed = _prompt_lists(images, prompts)
+        forces = _force_flags(images, force_seg)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a whole number >= 1, not {max_new_tokens!r}")
+        results: list[list[Prediction]] = []
+        for chunk in _image_chunks(prompt_lists, batch_size):
+            loaded = [load_image(images[i]) for i in chunk]
+            results.extend(
+                self._predict_images(loaded, [prompt_lists[i] for i in chunk], [forces[i] for i in chunk],
+                                     batch_size, max_new_tokens)
+            )
+        return [result if is_list else result[0] for result, is_list in zip(results, listed)]
 
-            raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt or one per image")
-        predictions: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            chunk = list(zip(images[start : start + batch_size], prompts[start : start + batch_size]))
-            predictions.extend(self._predict_chunk(chunk, max_new_tokens, force_seg))
-        return predictions
-
-    def _predict_chunk(self, chunk, max_new_tokens: int, force_seg: bool) -> list[Prediction]:
+    def _predict_images(self, loaded, prompt_lists, forces, batch_size, max_new_tokens) -> list[list[Prediction]]:
+        """Encode the images once, then decode every (image, prompt) row in groups of ``batch_size``."""
         model, processor = self.model, self.processor
-        loaded = [load_image(image) for image, _ in chunk]
         inputs = [processor.preprocess_image(image) for image in loaded]
-        features = model.encode_images(torch.cat([i.pixel_values for i in inputs]))
+        pixel_values = [i.pixel_values for i in inputs]
+        if len({tuple(p.shape) for p in pixel_values}) == 1:
+            features = model.encode_images(torch.cat(pixel_values))
+        else:  # inputs of different shapes (Sa2VA: a different number of tiles per image), one image at a time
+            features = [model.encode_images(p)[0] for p in pixel_values]
         sam_embeddings = model.encode_sam_images(torch.cat([i.sam_pixel_values for i in inputs]))
-        id_lists = [processor.encode(processor.conversation_prompt([(prompt, None)])) for _, prompt in chunk]
+        rows = [(image, prompt) for image, prompts in enumerate(prompt_lists) for prompt in prompts]
+        found: list[Prediction] = []
+        for start in range(0, len(rows), batch_size):
+            group = rows[start : start + batch_size]
+            found.extend(self._decode_rows(group, features, sam_embeddings, inputs, forces, max_new_tokens))
+        out: list[list[Prediction]] = [[] for _ in prompt_lists]
+        for (image, _), prediction in zip(rows, found):
+            out[image].append(prediction)
+        return out
+
+    def _decode_rows(self, rows, features, sam_embeddings, inputs, forces, max_new_tokens) -> list[Prediction]:
+        model, processor = self.model, self.processor
+        id_lists = [processor.encode(processor.conversation_prompt([(prompt, None)])) for _, prompt in rows]
         longest = max(len(ids) for ids in id_lists)
-        input_ids = torch.full((len(chunk), longest), processor.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), longest), dtype=torch.long)
+        input_ids = torch.full((len(rows), longest), processor.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), longest), dtype=torch.long)
         for row, ids in enumerate(id_lists):
             input_ids[row, longest - len(ids) :] = torch.tensor(ids)
             attention[row, longest - len(ids) :] = 1
-        spliced = model.splice_inputs(input_ids, attention, features, list(range(len(chunk))), padding_side="left")
+        image_rows = [image for image, _ in rows]
+        spliced = model.splice_inputs(input_ids, attention, features, image_rows, padding_side="left")
         result = greedy_decode(
             model.decoder,
             model.get_output_embeddings(),
@@ -144,21 +178,139 @@ class Segmenter:
             max_new_tokens,
             processor.eos_token_id,
         )
+        plans = [self._seg_plan(result.new_ids[r], forces[image]) for r, (image, _) in enumerate(rows)]
+        fed = self._feed_rows(result, spliced, plans)
         predictions = []
-        seg_id = model.config.seg_token_id
-        for row, (image, prompt) in enumerate(chunk):
-            new_ids, states = result.new_ids[row], result.step_states[row]
-            has_seg = seg_id in new_ids
-            if (model.config.seg_hidden_position != "before") or (force_seg and not has_seg):
-                # conventions that need one more decoder step per row go through a session of their own
-                predictions.append(self.chat(loaded[row]).ask(prompt, max_new_tokens, force_seg))
-                continue
-            seg_states = states[[t for t, token in enumerate(new_ids) if token == seg_id]]
+        for row, (image, _) in enumerate(rows):
+            plan, states = plans[row], result.step_states[row]
+            if plan.fed:
+                states = torch.cat([states, fed[row]], dim=0)
+            seg_states = states[plan.state_rows] if plan.state_rows else states.new_zeros((0, states.shape[-1]))
             masks, _, scores, _ = model.masks_from_seg_hidden(
-                seg_states, sam_embeddings[row : row + 1], inputs[row].resized_size, inputs[row].original_size
+                seg_states, sam_embeddings[image : image + 1], inputs[image].resized_size, inputs[image].original_size
             )
-            predictions.append(_prediction(processor.decode(new_ids), masks, scores, new_ids, forced=False))
+            predictions.append(_prediction(processor.decode(plan.ids), masks, scores, plan.ids, plan.forced))
         return predictions
+
+    def _seg_plan(self, new_ids: list[int], force: bool) -> "_SegPlan":
+        """Which hidden states feed each [SEG] of one decoded row, and what must still be fed to get them.
+
+        Mirrors :meth:`ChatSession._seg_states` and :meth:`ChatSession._force_seg`. ``state_rows`` index the row's
+        step states followed by the states of ``fed`` (fed at the position of the answer's last token, which the
+        cache does not hold yet).
+        """
+        seg_id, eos = self.model.config.seg_token_id, self.processor.eos_token_id
+        before = self.model.config.seg_hidden_position == "before"
+        steps = len(new_ids)
+        indices = [t for t, token in enumerate(new_ids) if token == seg_id]
+        if indices:
+            if before:
+                return _SegPlan(new_ids, indices)
+            if indices[-1] == steps - 1:  # "at": a [SEG] that ended the answer is fed once more
+                return _SegPlan(new_ids, [t + 1 for t in indices], fed=[seg_id])
+            return _SegPlan(new_ids, [t + 1 for t in indices])
+        if not force:
+            return _SegPlan(new_ids, [])
+        ended = steps > 0 and new_ids[-1] == eos
+        answer = new_ids[:-1] if ended else new_ids
+        to_feed = ([] if ended else new_ids[-1:]) + [seg_id]
+        if before and ended:  # the state that predicted EOS predicts the [SEG] that replaces it
+            return _SegPlan(answer + [seg_id], [steps - 1], forced=True)
+        if before:
+            return _SegPlan(answer + [seg_id], [steps], fed=to_feed, forced=True)
+        return _SegPlan(answer + [seg_id], [steps + len(to_feed) - 1], fed=to_feed, forced=True)
+
+    def _feed_rows(self, result, spliced, plans) -> list[torch.Tensor | None]:
+        """One more decoder call over the batch's cache for the rows whose plan feeds tokens; their states.
+
+        Row ``r`` continues from its own answer: cache columns after its answer's second-to-last token (tokens
+        decoded for the batch after the row had finished) are masked out, and its tokens are fed, left-padded, at
+        the position of the answer's last token, as a chat session of that row alone would feed them.
+        """
+        width = max(len(plan.fed) for plan in plans)
+        if width == 0:
+            return [None] * len(plans)
+        model = self.model
+        device = result.attention_mask.device
+        prompt_length = spliced.attention_mask.shape[1]
+        first_positions = spliced.position_ids[:, -1] + 1
+        cache_mask = result.attention_mask.clone()
+        feed_ids = torch.full((len(plans), width), self.processor.pad_token_id, dtype=torch.long, device=device)
+        feed_mask = torch.zeros((len(plans), width), dtype=cache_mask.dtype, device=device)
+        positions = torch.zeros((len(plans), width), dtype=spliced.position_ids.dtype, device=device)
+        for row, plan in enumerate(plans):
+            if not plan.fed:
+                continue
+            steps = len(result.new_ids[row])
+            cache_mask[row, prompt_length + steps - 1 :] = 0
+            count = len(plan.fed)
+            feed_ids[row, width - count :] = torch.tensor(plan.fed, device=device)
+            feed_mask[row, width - count :] = 1
+            start = first_positions[row] + steps - 1
+            positions[row] = start
+            positions[row, width - count :] = start + torch.arange(count, device=device)
+        embeds = model.get_input_embeddings()(feed_ids).to(spliced.inputs_embeds.dtype)
+        out = model.decoder(
+            inputs_embeds=embeds,
+            attention_mask=torch.cat([cache_mask, feed_mask], dim=1),
+            position_ids=positions,
+            past_key_values=result.cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state.float()
+        return [hidden[row, width - len(plan.fed) :] if plan.fed else None for row, plan in enumerate(plans)]
+
+
+@dataclass
+class _SegPlan:
+    ids: list[int]  # the answer's ids (with an appended [SEG] when forced)
+    state_rows: list[int]  # rows of (step states + fed states) that feed each [SEG]
+    fed: list[int] = field(default_factory=list)  # ids still to feed after the answer's second-to-last token
+    forced: bool = False
+
+
+def _prompt_lists(images: list, prompts) -> tuple[list[list[str]], list[bool]]:
+    """``prompts`` as one list of prompts per image, and whether each image was given a list."""
+    if isinstance(prompts, str):
+        prompts = [prompts] * len(images)
+    prompts = list(prompts)
+    if len(prompts) != len(images):
+        raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt or one per image")
+    lists, listed = [], []
+    for index, entry in enumerate(prompts):
+        is_list = isinstance(entry, (list, tuple))
+        entry = list(entry) if is_list else [entry]
+        if not entry:
+            raise InputError(f"image {index} has an empty list of prompts; give at least one question per image")
+        for prompt in entry:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"prompt {prompt!r} for image {index} is empty; ask a question about the image")
+        lists.append(entry)
+        listed.append(is_list)
+    return lists, listed
+
+
+def _force_flags(images: list, force_seg) -> list[bool]:
+    if isinstance(force_seg, (bool, np.bool_)):
+        return [bool(force_seg)] * len(images)
+    flags = list(force_seg)
+    if len(flags) != len(images) or not all(isinstance(f, (bool, np.bool_)) for f in flags):
+        raise InputError(f"force_seg must be True/False or one True/False per image ({len(images)} images)")
+    return [bool(f) for f in flags]
+
+
+def _image_chunks(prompt_lists: list[list[str]], batch_size: int) -> list[list[int]]:
+    """Consecutive images whose prompts together fit in ``batch_size`` rows (an image with more gets a chunk alone)."""
+    chunks: list[list[int]] = []
+    rows = 0
+    for index, prompts in enumerate(prompt_lists):
+        if chunks and rows + len(prompts) <= batch_size:
+            chunks[-1].append(index)
+            rows += len(prompts)
+        else:
+            chunks.append([index])
+            rows = len(prompts)
+    return chunks
 
 
 class ChatSession:
@@ -195,8 +347,6 @@ class ChatSession:
     def ask(self, prompt: str, max_new_tokens: int = 512, force_seg: bool = False) -> Prediction:
         model, processor = self.segmenter.model, self.segmenter.processor
         if not isinstance(prompt, str) or not prompt.strip():
-            from ..errors import InputError
-
             raise InputError("the prompt is empty; ask a question about the image")
         if not self.turns:
             ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
