@@ -36,7 +36,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..errors import InputError
     from ..evaluation.datasets import load_dataset, parse_data_spec
-    from ..evaluation.runner import evaluate, parse_modes, process_shard
+    from ..evaluation.runner import evaluate, parse_modes
+    from ..inference.sharding import current_shard
 
     if args.force_seg:
         raise InputError("--force-seg does not apply to eval: --mode lisa forces the [SEG]; leave --force-seg out")
@@ -44,7 +45,7 @@ def run(args) -> int:
     # read the data first: a wrong path fails before the model loads
     kind, path = parse_data_spec(args.data)
     dataset = load_dataset(kind, path, split=args.split, all_queries=args.all_queries)
-    shard = process_shard()
+    shard = current_shard()
     if shard.world > 1 and args.device is None:
         from accelerate import PartialState
 

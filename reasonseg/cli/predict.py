@@ -88,7 +88,8 @@ def _run_single(args) -> int:
 
 
 def _run_collection(args) -> int:
-    from ..inference.batch_jobs import jobs_from_images, process_shard, read_jobs, run_jobs
+    from ..inference.batch_jobs import jobs_from_images, read_jobs, run_jobs
+    from ..inference.sharding import current_shard
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be 1 or more, not {args.batch_size}")
@@ -97,7 +98,7 @@ def _run_collection(args) -> int:
         jobs = jobs_from_images(args.images, args.prompt or [])
     else:
         jobs = read_jobs(args.jobs, default_prompts=args.prompt or [])
-    shard = process_shard()
+    shard = current_shard()
     if shard.world > 1 and args.device is None and args.device_map is None:
         from accelerate import PartialState
 

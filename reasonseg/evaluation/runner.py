@@ -135,17 +135,6 @@ def forced_predictions(model, processor, images: list, rows: list[tuple[int, str
 # ---------------------------------------------------------------------------------------------------- processes
 
 
-def process_shard() -> Shard:
-    """This process's :class:`Shard`. Under a multi-process launch on a machine without an accelerator, accelerate's
-    state is set up on the CPU (gloo) first -- otherwise every process would believe it runs alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        from accelerate import PartialState
-
-        has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        PartialState(cpu=not has_accelerator)
-    return current_shard()
-
 
 # ---------------------------------------------------------------------------------------------------- the run
 
@@ -348,7 +337,7 @@ def evaluate(
         kind, path = parse_data_spec(data)
         dataset = load_dataset(kind, path, split=split, all_queries=all_queries)
     items = dataset.items[:limit] if limit else list(dataset.items)
-    shard = shard or process_shard()
+    shard = shard or current_shard()
     if shard.world > 1 and out_dir is None:
         raise InputError("several processes share their results through files; give --out DIR")
 

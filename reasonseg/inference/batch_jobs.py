@@ -213,17 +213,6 @@ def check_unique(jobs: Sequence[Job]) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def process_shard() -> sharding.Shard:
-    """This process's share of the work. Under a multi-process launch on a machine without an accelerator,
-    accelerate's state is set up on the CPU (gloo) first; otherwise every process would believe it runs alone."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        import torch
-        from accelerate import PartialState
-
-        has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        PartialState(cpu=not has_accelerator)
-    return sharding.current_shard()
-
 
 def run_jobs(
     segmenter,
@@ -253,7 +242,7 @@ def run_jobs(
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file; pass a folder for predictions.jsonl")
     out_dir.mkdir(parents=True, exist_ok=True)
-    shard = shard or process_shard()
+    shard = shard or sharding.current_shard()
     done = sharding.finished_ids(out_dir, RESULTS_NAME)
     summary = RunSummary()
     pending: list[tuple[Job, list[int]]] = []

@@ -40,9 +40,17 @@ class Shard:
 
 
 def current_shard() -> Shard:
-    """This process's place in an ``accelerate launch`` / ``torchrun`` job; ``Shard(0, 1)`` when run plainly."""
+    """This process's place in an ``accelerate launch`` / ``torchrun`` job; ``Shard(0, 1)`` when run plainly.
+
+    Under a multi-process launch on a machine without an accelerator, accelerate's state is set up on the CPU (gloo)
+    first; otherwise every process would believe it runs alone.
+    """
+    import torch
     from accelerate import PartialState
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        PartialState(cpu=not has_accelerator)
     state = PartialState()
     return Shard(state.process_index, state.num_processes)
 
