@@ -11,9 +11,11 @@ from PIL import Image
 
 from reasonseg import Segmenter
 from reasonseg.errors import InputError
+from reasonseg.evaluation import evaluate
 from reasonseg.training.config import load_training_config
 from reasonseg.training.export import export_run
 from reasonseg.training.trainer import STATE_FILE, train
+from reasonseg.training.validation import ValidationSet, validate
 
 
 @pytest.fixture()
@@ -32,6 +34,17 @@ def workspace(tmp_path, tiny):
         Image.fromarray(image).save(tmp_path / f"image{index}.png")
         Image.fromarray(mask).save(tmp_path / f"mask{index}.png")
         lines.append(json.dumps({"image": f"image{index}.png", "mask": f"mask{index}.png", "prompt": "red square"}))
+        # the same samples as a ReasonSeg folder (for validation): the square as the target polygon, and an ignore
+        # strip (smaller, so painted over it) across the square's top rows and the background beside them
+        val = tmp_path / "val"
+        val.mkdir(exist_ok=True)
+        Image.fromarray(image).save(val / f"sample{index}.png")
+        x0, y0 = int(x), int(y)
+        square = [[x0, y0], [x0 + 13, y0], [x0 + 13, y0 + 13], [x0, y0 + 13]]
+        shapes = [{"label": "target", "points": square},
+                  {"label": "ignore", "points": [[x0 - 3, y0], [x0 + 16, y0], [x0 + 16, y0 + 3], [x0 - 3, y0 + 3]]}]
+        (val / f"sample{index}.json").write_text(
+            json.dumps({"text": ["red square"], "is_sentence": False, "shapes": shapes}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
     return tmp_path
 
@@ -50,9 +63,10 @@ def _config(workspace, run, **extra):
     return load_training_config(None, overrides)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_export_reproduces_the_trained_model(workspace):
     run = train(_config(workspace, "run", steps_per_epoch=24, save_every=24), progress=False)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    log = _records(run, "train")
     assert len(log) == 24
     first, last = np.mean([r["loss"] for r in log[:4]]), np.mean([r["loss"] for r in log[-4:]])
     assert last < 0.9 * first
@@ -66,15 +80,18 @@ def test_loss_falls_and_export_reproduces_the_trained_model(workspace):
     assert prediction.masks and prediction.masks[0].shape == (48, 64)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(workspace):
     whole = train(_config(workspace, "whole", steps_per_epoch=6, save_every=3), progress=False)
-    _ = train(_config(workspace, "split", steps_per_epoch=6, save_every=3), stop_after=3, progress=False)
+    _ = train(_config(workspace, "split", steps_per_epoch=6, save_every=3), stop_after=4, progress=False)
     assert (workspace / "split" / "checkpoint-3").is_dir() and not (workspace / "split" / "checkpoint-6").exists()
     (workspace / "split" / ".tmp-checkpoint-5").mkdir()  # a crash mid-write leaves this; it must be ignored
     split = train(_config(workspace, "split", steps_per_epoch=6, save_every=3), resume=True, progress=False)
     a = torch.load(whole / "checkpoint-6" / STATE_FILE, weights_only=True)
     b = torch.load(split / "checkpoint-6" / STATE_FILE, weights_only=True)
     assert a["step"] == b["step"] == 6
+    # the resumed run's log reads as one run: the lines written after checkpoint-3 by the killed run are replaced
+    assert [r["step"] for r in _records(split, "train")] == [1, 2, 3, 4, 5, 6]
     for name in a["trainable"]:
         torch.testing.assert_close(a["trainable"][name], b["trainable"][name], atol=1e-6, rtol=0)
 
@@ -93,11 +110,23 @@ def test_config_errors_are_one_line(workspace):
         read_custom_jsonl(workspace / "bad.jsonl")
 
 
+def _records(run, event):
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == event]
+
+
+@pytest.mark.slow
 def test_tiny_model_overfits_a_handful_of_samples(workspace):
-    """The whole path learns: after a bounded number of steps the training samples are segmented (gIoU >= 0.9)."""
-    run = train(_config(workspace, "overfit", steps_per_epoch=24, save_every=24, lr=0.01), progress=False)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    """The whole path learns: after a bounded number of steps the training samples are segmented (gIoU >= 0.9),
+    and the periodic validation (forced-[SEG] protocol, on the same samples as a ReasonSeg folder) says so."""
+    run = train(_config(workspace, "overfit", steps_per_epoch=24, save_every=24, lr=0.01,
+                        val_data=str(workspace / "val"), val_every=12), progress=False)
+    log = _records(run, "train")
+    assert len(log) == 24
     assert log[-1]["mask_bce"] < 0.05 and log[-1]["mask_dice"] < 0.05
+    validations = _records(run, "validation")
+    assert [v["step"] for v in validations] == [12, 24]
+    assert all(v["count"] == 3 for v in validations)
+    assert validations[-1]["giou"] >= 0.9 and validations[-1]["ciou"] >= 0.9, validations
     segmenter = Segmenter.from_pretrained(str(export_run(run, workspace / "overfit-model")), device="cpu")
     ious = []
     for index in range(3):
@@ -107,3 +136,55 @@ def test_tiny_model_overfits_a_handful_of_samples(workspace):
         mask = prediction.masks[0]
         ious.append((mask & truth).sum() / (mask | truth).sum())
     assert np.mean(ious) >= 0.9, ious
+
+
+@pytest.mark.slow
+def test_validation_equals_reasonseg_eval_in_lisa_mode(workspace, tiny):
+    """Training's validation is `reasonseg eval --mode lisa` (forced [SEG]): same gIoU, cIoU and counts, ignore
+    pixels left out, whatever the validation batch size; the model goes back to its mode."""
+    model, processor = tiny
+    expected = evaluate(Segmenter(model, processor), f"reasonseg:{workspace / 'val'}", mode="lisa")
+    overall = expected.metrics["results"]["lisa"]["protocol"]["overall"]
+    assert overall["count"] == 3 and 0 < overall["giou"] < 1  # the untrained model hits part of the squares
+    model.train()
+    val_set = ValidationSet.load(str(workspace / "val"))
+    for batch_size in (1, 2):
+        summary = validate(model, processor, val_set, batch_size=batch_size)
+        assert summary["count"] == 3
+        assert summary["giou"] == pytest.approx(overall["giou"], abs=1e-12)
+        assert summary["ciou"] == pytest.approx(overall["ciou"], abs=1e-12)
+        assert (summary["intersection"], summary["union"]) == (overall["intersection"], overall["union"])
+        assert model.training
+
+
+@pytest.mark.slow
+def test_tensorboard_and_progress_bar_show_the_loss_terms(workspace, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_config(workspace, "board", steps_per_epoch=2, save_every=2, log_every=1,
+                        val_data=f"reasonseg:{workspace / 'val'}", val_max_samples=2), progress=True)
+    err = capsys.readouterr().err
+    for term in ("loss=", "ce=", "mask_bce=", "mask_dice=", "lr="):
+        assert term in err
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/ce", "train/mask_bce", "train/mask_dice", "train/lr", "val/giou", "val/ciou"} <= tags
+    logged = _records(run, "train")
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in logged])
+    assert [e.step for e in events.Scalars("val/giou")] == [2]
+    assert _records(run, "validation")[0]["count"] == 2
+    info = json.loads((run / "run.json").read_text())
+    assert info["num_processes"] == 1 and info["global_batch"] == 2
+
+
+def test_qlora_is_refused_off_cuda_and_bad_validation_settings_are_one_line(workspace):
+    for flag in ("load_in_4bit", "load_in_8bit"):
+        with pytest.raises(InputError, match=rf"{flag} \(QLoRA\) trains only on a CUDA GPU"):
+            train(_config(workspace, "qlora", **{flag: "true"}), progress=False)
+    with pytest.raises(InputError, match="one of load_in_4bit and load_in_8bit"):
+        _config(workspace, "x", load_in_4bit="true", load_in_8bit="true")
+    with pytest.raises(InputError, match="val_every but no val_data"):
+        _config(workspace, "x", val_every=5)
+    with pytest.raises(InputError, match="val_data .*not found"):
+        train(_config(workspace, "x", val_data=str(workspace / "nowhere")), progress=False)

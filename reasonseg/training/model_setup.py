@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ..errors import InputError
 from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from .config import TrainingConfig
 
@@ -20,8 +21,34 @@ def language_lora_pattern(target_modules: list[str]) -> str:
     return rf".*language_model.*\.({'|'.join(target_modules)})"
 
 
+def check_quantized_training(config: TrainingConfig, device: str) -> None:
+    """QLoRA needs bitsandbytes' CUDA kernels: refuse it elsewhere with what to do instead."""
+    if not (config.load_in_4bit or config.load_in_8bit):
+        return
+    flag = "load_in_4bit" if config.load_in_4bit else "load_in_8bit"
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise InputError(
+            f"{flag} (QLoRA) trains only on a CUDA GPU, and this run is on {device}; set {flag}=false "
+            "(precision=bf16 halves memory without it)"
+        )
+    if config.precision == "fp16":
+        raise InputError(f"{flag} with precision=fp16 is not supported; use precision=bf16 or fp32")
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, trainable_token_ids: list[int]):
-    """Freeze, add LoRA, unfreeze the trained parts; returns the peft-wrapped model."""
+    """Freeze, add LoRA, unfreeze the trained parts; returns the peft-wrapped model.
+
+    A 4/8-bit base (QLoRA) is first readied by peft's ``prepare_model_for_kbit_training`` (the non-quantised
+    parts in fp32); gradient checkpointing stays the config's, on the language model only, as without QLoRA.
+    """
+    if is_quantized(model):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     lora = LoraConfig(
@@ -44,12 +71,32 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
     base.config.bce_loss_weight = config.bce_loss_weight
     base.config.dice_loss_weight = config.dice_loss_weight
     if config.gradient_checkpointing:
-        base.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(base.language_model, True)
     return peft_model
 
 
+def set_activation_checkpointing(module, enabled: bool) -> None:
+    """Switch a transformers model's layer checkpointing (non-reentrant) on or off, under the name the installed
+    transformers has (``activation_checkpointing_*``; ``gradient_checkpointing_*`` before it was renamed)."""
+    if enabled:
+        if hasattr(module, "activation_checkpointing_enable"):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(module, "activation_checkpointing_disable"):
+        module.activation_checkpointing_disable()
+    else:
+        module.gradient_checkpointing_disable()
+
+
 def train_rows_only(weight: torch.nn.Parameter, rows: list[int]) -> None:
-    """Let only ``rows`` of an embedding-like matrix learn (their gradient kept, the rest zeroed)."""
+    """Let only ``rows`` of an embedding-like matrix learn (their gradient kept, the rest zeroed).
+
+    The hook is on the tensor, so it runs before the gradient is accumulated into ``.grad`` and before DDP's
+    all-reduce sees it: processes average masked gradients, and the rows stay exactly frozen under any launch
+    (tests/test_training_distributed.py checks both). Weight decay is 0 by default; a nonzero one would also
+    shrink the frozen rows, as in LISA.
+    """
     if not rows:
         return
     weight.requires_grad_(True)

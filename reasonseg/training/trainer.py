@@ -3,7 +3,15 @@
 Checkpoints hold what training changes (trainable weights, optimiser, scheduler, step) and are written atomically:
 into a temporary directory, fsynced, then renamed to ``checkpoint-<step>``; a crash mid-write leaves only a
 ``.tmp-*`` directory, which resuming ignores. Data order is a pure function of (seed, step), so a resumed run
-sees the same batches, and dropout is seeded per step, so it ends with the same weights as an uninterrupted one.
+sees the same batches, and dropout is seeded per global micro-batch, so it ends with the same weights as an
+uninterrupted one -- and N processes with batch b end as one process with batch b and N times the accumulation.
+
+Under several processes every one computes its micro-batch's loss as a one-process run would (CE a token mean over
+that micro-batch's supervised tokens, mask terms a mean over its masks) and gradients are averaged over processes
+and accumulation steps alike, exactly as a one-process run averages over its accumulation steps.
+
+Logging: ``log.jsonl`` (train and validation records), TensorBoard scalars under ``tensorboard/``, a tqdm bar
+showing the loss terms, and ``run.json`` (processes, distributed type, global batch).
 """
 
 from __future__ import annotations
@@ -13,22 +21,27 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..checkpoints.loading import load_model_and_processor
 from ..errors import CheckpointError, InputError
 from .collate import ReasonSegCollator
 from .config import TrainingConfig
 from .datasets import build_training_dataset
-from .model_setup import prepare_for_training, trainable_token_ids
+from .model_setup import check_quantized_training, prepare_for_training, trainable_token_ids
+from .validation import ValidationSet, validate
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "training_config.json"
+RUN_INFO_FILE = "run.json"
 
 
 def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
@@ -107,21 +120,115 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def train(config: TrainingConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the output directory. ``stop_after`` ends early (tests, time limits)."""
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def _make_accelerator(config: TrainingConfig) -> Accelerator:
+    """accelerate's state for this launch. Two fixes over a bare ``Accelerator()``:
+
+    * under torchrun / ``accelerate launch`` with several processes on a machine without an accelerator, a bare
+      ``Accelerator()`` sets every process up as a lone single-process run (no gloo group, no gradient averaging):
+      ``cpu=True`` makes them the MULTI_CPU group they are;
+    * parameters that a batch does not reach (the mask decoder on a VQA-only batch) must not stall DDP's reduction.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accumulation_steps,
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
+        cpu=world > 1 and not has_accelerator,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if world > 1 and accelerator.num_processes != world:
+        raise InputError(
+            f"launched as {world} processes but accelerate set up {accelerator.num_processes}; "
+            "check the accelerate config (distributed_type) or launch with torchrun"
+        )
+    if world == 1 and os.environ.get("MASTER_ADDR") and "ACCELERATE_USE_CPU" in os.environ and "RANK" not in os.environ:
+        # `accelerate launch` with distributed_type MULTI_CPU and no mpirun starts exactly one process
+        warnings.warn(
+            "accelerate launched a single process although the config asks for several (MULTI_CPU needs mpirun); "
+            "for several CPU processes use configs/accelerate/cpu_2proc.yaml or torchrun --nproc_per_node N",
+            stacklevel=2,
+        )
+    return accelerator
+
+
+def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
+    reduced = accelerator.reduce(stacked, reduction="mean")
+    return dict(zip(values, reduced.tolist()))
+
+
+class _TensorBoard:
+    """Scalars under ``<output_dir>/tensorboard`` (main process only; a no-op when switched off)."""
+
+    def __init__(self, directory: Path, enabled: bool, start_step: int):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise InputError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
+                                 "(or set tensorboard=false)") from None
+            # purge_step drops events a killed run wrote after its last checkpoint, so a resumed curve is clean
+            self.writer = SummaryWriter(str(directory), purge_step=start_step + 1 if start_step else None)
+
+    def scalars(self, prefix: str, values: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and name not in ("step", "count"):
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _append_log(output_dir: Path, record: dict) -> None:
+    with (output_dir / "log.jsonl").open("a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(output_dir: Path, step: int) -> None:
+    """Drop the log lines a killed run wrote after the checkpoint it resumes from (they are written again)."""
+    path = output_dir / "log.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainingConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the output directory. ``stop_after`` ends early (tests, time limits).
+
+    ``log.jsonl`` gets one ``{"event": "train", "step", "loss", "ce", "mask_bce", "mask_dice", "lr"}`` line per
+    optimiser step (loss terms averaged over the step's micro-batches and processes) and one
+    ``{"event": "validation", "step", "giou", "ciou", "count", ...}`` line per validation.
+    """
+    output_dir = Path(config.output_dir)
+    accelerator = _make_accelerator(config)
+    check_quantized_training(config, str(accelerator.device))
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
-    model, processor = load_model_and_processor(config.model, precision="fp32", device=str(accelerator.device))
+    val_set = ValidationSet.load(config.val_data, config.val_max_samples) if config.val_data else None
+    model, processor = load_model_and_processor(
+        config.model, precision="fp32", device=str(accelerator.device),
+        load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
+    )
     model = prepare_for_training(model, config, trainable_token_ids(processor))
     optimizer, scheduler = build_optimizer(model, config)
 
     start_step = 0
-    checkpoint = latest_checkpoint(output_dir) if resume else None
+    checkpoint = latest_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {start_step}")
@@ -138,12 +245,39 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     loader = accelerator.skip_first_batches(loader, start_step * config.grad_accumulation_steps)
 
+    is_main = accelerator.is_main_process
+    if is_main and checkpoint is not None:
+        _truncate_log(output_dir, start_step)
+    if is_main:
+        (output_dir / RUN_INFO_FILE).write_text(json.dumps({
+            "num_processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+            "device": str(accelerator.device),
+            "global_batch": config.batch_size * config.grad_accumulation_steps * accelerator.num_processes,
+            "start_step": start_step,
+        }, indent=2))
+    board = _TensorBoard(output_dir / "tensorboard", config.tensorboard and is_main, start_step)
+    bar = tqdm(total=config.total_steps, initial=start_step, disable=not (progress and is_main),
+               desc="train", unit="step", dynamic_ncols=True)
+
+    def run_validation(step: int) -> None:
+        summary = validate(model, processor, val_set, accelerator, config.val_batch_size)
+        record = {"event": "validation", "step": step, **summary}
+        if is_main:
+            _append_log(output_dir, record)
+            board.scalars("val", summary, step)
+            if progress:
+                bar.write(f"step {step} validation: gIoU={summary['giou']:.4f} cIoU={summary['ciou']:.4f} "
+                          f"({summary['count']} masks)")
+
     model.train()
     step, started, last_log = start_step, time.time(), {}
-    micro = 0
+    micro, terms = 0, []
     for batch in loader:
-        # dropout draws depend on (seed, micro-step, process) only, so a resumed run repeats them exactly
-        torch.manual_seed(hash((config.seed, start_step * config.grad_accumulation_steps + micro, accelerator.process_index)) % 2**62)
+        # dropout draws depend on (seed, global micro-batch index) only: a resumed run repeats them, and so does a
+        # run over more processes (process p's m-th micro-batch is batch m * world + p of a one-process run)
+        global_micro = (start_step * config.grad_accumulation_steps + micro) * accelerator.num_processes
+        torch.manual_seed(hash((config.seed, global_micro + accelerator.process_index)) % 2**62)
         with accelerator.accumulate(model):
             output = model(**batch)
             accelerator.backward(output.loss)
@@ -153,30 +287,38 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
             scheduler.step() if accelerator.sync_gradients else None
             optimizer.zero_grad()
         micro += 1
+        terms.append([
+            float(output.loss.detach()),
+            float(output.ce_loss.detach()),
+            float(output.mask_bce_loss.detach()) if output.mask_bce_loss is not None else 0.0,
+            float(output.mask_dice_loss.detach()) if output.mask_dice_loss is not None else 0.0,
+        ])
         if not accelerator.sync_gradients:
             continue
         step += 1
-        last_log = {
-            "step": step,
-            "loss": float(output.loss.detach()),
-            "ce": float(output.ce_loss.detach()),
-            "mask_bce": float(output.mask_bce_loss.detach()) if output.mask_bce_loss is not None else 0.0,
-            "mask_dice": float(output.mask_dice_loss.detach()) if output.mask_dice_loss is not None else 0.0,
-            "lr": scheduler.get_last_lr()[0],
-        }
-        if progress and (step % config.log_every == 0 or step == config.total_steps):
-            rate = micro * config.batch_size / max(time.time() - started, 1e-9)
-            accelerator.print(
-                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_log.items())
-                + f" samples/s={rate:.1f}"
-            )
-        if accelerator.is_main_process:
-            with (output_dir / "log.jsonl").open("a") as log:
-                log.write(json.dumps(last_log) + "\n")
-        if accelerator.is_main_process and (step % config.save_every == 0 or step == config.total_steps):
+        means = _mean_over_processes(accelerator, dict(zip(("loss", "ce", "mask_bce", "mask_dice"),
+                                                           np.mean(terms, axis=0).tolist())))
+        terms = []
+        last_log = {"event": "train", "step": step, **means, "lr": scheduler.get_last_lr()[0]}
+        if is_main:
+            _append_log(output_dir, last_log)
+            board.scalars("train", last_log, step)
+            bar.set_postfix({k: f"{last_log[k]:.4g}" for k in ("loss", "ce", "mask_bce", "mask_dice", "lr")},
+                            refresh=False)
+            bar.update(1)
+            if progress and (step % config.log_every == 0 or step == config.total_steps):
+                rate = micro * config.batch_size * accelerator.num_processes / max(time.time() - started, 1e-9)
+                bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in last_log.items() if k != "event") + f" samples/s={rate:.1f}")
+        if is_main and (step % config.save_every == 0 or step == config.total_steps):
             save_checkpoint(output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, config)
-        if step >= config.total_steps or (stop_after is not None and step >= stop_after):
+        last = step >= config.total_steps
+        if val_set is not None and ((config.val_every and step % config.val_every == 0) or last):
+            run_validation(step)
+        if last or (stop_after is not None and step >= stop_after):
             break
+    bar.close()
+    board.close()
     accelerator.wait_for_everyone()
     if math.isnan(last_log.get("loss", 0.0)):
         accelerator.print("warning: the loss is NaN; lower lr or use fp32/bf16")
