@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from .problems import report_problem as _report, one_line as _one_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 BACKGROUND_VALUE, TARGET_VALUE, IGNORE_VALUE = 0, 1, 255
@@ -94,20 +94,6 @@ class ReasonSegSample:
     is_sentence: bool
     explanation: str | None = None
     image_size: tuple[int, int] | None = None
-
-
-def _report(message: str, strict: bool, problems: list[str] | None) -> None:
-    if strict:
-        raise InputError(message)
-    if problems is not None:
-        problems.append(message)
-    else:
-        warnings.warn(message, stacklevel=3)
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------- annotation

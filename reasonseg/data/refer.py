@@ -42,6 +42,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import InputError
+from .problems import report_problem as _report, is_int as _is_int, is_coco_image_entry
 
 # name -> (folder, refs file(s) tried in order, image folder relative to the refer_seg root)
 COCO_IMAGES = Path("images/mscoco/images/train2014")
@@ -282,24 +283,11 @@ def split_matches(ref_split: str, wanted: str) -> bool:
     return ref_split == wanted
 
 
-def _report(message: str, strict: bool, problems: list[str] | None) -> None:
-    if strict:
-        raise InputError(message)
-    if problems is not None:
-        problems.append(message)
-    else:
-        warnings.warn(message, stacklevel=3)
-
-
 def find_refs_file(dataset_folder: Path, name: str, split_by: str | None = None) -> Path | None:
     for candidate in refs_candidates(name, split_by):
         if (dataset_folder / candidate).is_file():
             return dataset_folder / candidate
     return None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_refer_dataset(
@@ -343,15 +331,7 @@ def load_refer_dataset(
 
     images: dict[int, dict] = {}
     for index, info in enumerate(instances["images"]):
-        if not (
-            isinstance(info, dict)
-            and _is_int(info.get("id"))
-            and isinstance(info.get("file_name"), str)
-            and _is_int(info.get("height"))
-            and _is_int(info.get("width"))
-            and info["height"] > 0
-            and info["width"] > 0
-        ):
+        if not is_coco_image_entry(info):
             _report(f"{instances_path}: images[{index}] needs integer 'id', 'height', 'width' and a 'file_name'",
                     strict, problems)
             continue

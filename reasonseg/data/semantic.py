@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from .problems import report_problem as _report, is_int as _is_int, is_coco_image_entry
 from .refer import read_json_file, segmentation_mask, segmentation_problem
 
 IGNORE = 255
@@ -97,15 +97,6 @@ PASCAL_PART_JSON = Path("vlpart/pascal_part/train.json")
 PASCAL_PART_IMAGES = Path("vlpart/pascal_part/VOCdevkit/VOC2010/JPEGImages")
 PACO_LVIS_JSON = Path("vlpart/paco/annotations/paco_lvis_v1_train.json")
 PACO_LVIS_IMAGES = Path("coco")
-
-
-def _report(message: str, strict: bool, problems: list[str] | None) -> None:
-    if strict:
-        raise InputError(message)
-    if problems is not None:
-        problems.append(message)
-    else:
-        warnings.warn(message, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------- label maps
@@ -291,10 +282,6 @@ class PartDataset:
         return out
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def load_coco_parts(
     json_path: str | Path,
     image_root: str | Path,
@@ -322,15 +309,7 @@ def load_coco_parts(
             _report(f"{json_path}: categories[{index}]: {err}", strict, problems)
     infos: dict[int, dict] = {}
     for index, info in enumerate(data["images"]):
-        if not (
-            isinstance(info, dict)
-            and _is_int(info.get("id"))
-            and isinstance(info.get("file_name"), str)
-            and _is_int(info.get("height"))
-            and _is_int(info.get("width"))
-            and info["height"] > 0
-            and info["width"] > 0
-        ):
+        if not is_coco_image_entry(info):
             _report(f"{json_path}: images[{index}] needs integer 'id', 'height', 'width' and a 'file_name'",
                     strict, problems)
             continue

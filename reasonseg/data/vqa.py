@@ -14,11 +14,11 @@ value are problems (``<file>: record <i>: <reason>``), skipped or fatal by ``str
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .problems import report_problem as _report
 from .refer import read_json_file
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -32,15 +32,6 @@ class VqaRecord:
     image: Path
     turns: list[tuple[str, str]]
     source: str
-
-
-def _report(message: str, strict: bool, problems: list[str] | None) -> None:
-    if strict:
-        raise InputError(message)
-    if problems is not None:
-        problems.append(message)
-    else:
-        warnings.warn(message, stacklevel=3)
 
 
 def parse_turns(conversations) -> list[tuple[str, str]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from ..errors import InputError
+from .stage_config import read_config_dict
 
 
 @dataclass
@@ -82,31 +82,9 @@ class TrainingConfig:
         return asdict(self)
 
 
-def _coerce(value: str):
-    return yaml.safe_load(value)
-
-
 def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> TrainingConfig:
     """Read YAML, apply ``a.b=value`` overrides, validate keys (unknown keys are errors, not silently ignored)."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"training config {path} not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise InputError(f"override {override!r} should look like key=value (e.g. lr=1e-4)")
-        target = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = _coerce(value)
-    return _build(raw)
+    return _build(read_config_dict(path, overrides))
 
 
 def _build(raw: dict) -> TrainingConfig:
