@@ -11,7 +11,6 @@
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, SamModel
 from transformers.utils import ModelOutput
 
@@ -22,6 +21,7 @@ from .placement import execution_device, parameter_dtype
 from .projector import build_projector
 from .sam import decode_seg_masks, sam_image_embeddings, upscale_mask_logits
 from .seg_projection import SegProjection
+from .language_delegation import LanguageModelDelegation
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ReasonSegPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
 
 
-class ReasonSegForCausalLM(ReasonSegPreTrainedModel):
+class ReasonSegForCausalLM(LanguageModelDelegation, ReasonSegPreTrainedModel):
     def __init__(self, config: ReasonSegConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
@@ -69,24 +69,6 @@ class ReasonSegForCausalLM(ReasonSegPreTrainedModel):
         self.sam = SamModel(config.sam_config)
         self.seg_projection = SegProjection(config.text_config.hidden_size, config.seg_embedding_dim)
         self.post_init()
-
-    # ---- embeddings (delegated so resize_token_embeddings works as usual) ----
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value):
-        self.language_model.set_output_embeddings(value)
-
-    @property
-    def decoder(self) -> nn.Module:
-        """The language model without its head; its output is the hidden state after the final norm."""
-        return self.language_model.get_decoder()
 
     # ---- the two image branches ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

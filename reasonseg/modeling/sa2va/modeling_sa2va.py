@@ -26,6 +26,7 @@ from ..sam import upscale_mask_logits
 from ..seg_projection import SegProjection
 from .configuration_sa2va import Sa2VAConfig
 from .sam2 import Sam2ImageFeatures, decode_sam2_masks, sam2_image_features
+from ..language_delegation import LanguageModelDelegation
 
 
 def pixel_shuffle(features: torch.Tensor, scale: float, version: str = "v2") -> torch.Tensor:
@@ -62,7 +63,7 @@ class Sa2VAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
 
 
-class Sa2VAForCausalLM(Sa2VAPreTrainedModel):
+class Sa2VAForCausalLM(LanguageModelDelegation, Sa2VAPreTrainedModel):
     """Attribute names follow ``ReasonSegForCausalLM`` (``vision_tower``, ``multi_modal_projector``,
     ``language_model``, ``sam``, ``seg_projection``) so precision, quantisation and placement rules apply alike."""
 
@@ -76,24 +77,6 @@ class Sa2VAForCausalLM(Sa2VAPreTrainedModel):
         self.sam = Sam2Model(config.sam_config)
         self.seg_projection = SegProjection(config.text_config.hidden_size, config.seg_embedding_dim)
         self.post_init()
-
-    # ---- embeddings (delegated so resize_token_embeddings works as usual) ----
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value):
-        self.language_model.set_output_embeddings(value)
-
-    @property
-    def decoder(self) -> nn.Module:
-        """The language model without its head; its output is the hidden state after the final norm."""
-        return self.language_model.get_decoder()
 
     # ---- the two image branches ----
     def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
