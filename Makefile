@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/reasonseg predict --image examples/shapes.png \
-		--prompt "Which shape could roll away? Please output segmentation mask." --out vis_output
+		--prompt "Which shape could roll away? Please output segmentation mask." --out vis_output --force-seg
 
 test: setup
 	$(PY) -m pytest -q
