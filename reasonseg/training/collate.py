@@ -35,6 +35,19 @@ class TrainingSample:
     extra: dict = field(default_factory=dict)
 
 
+def pad_right(id_rows: list[list[int]], label_rows: list[list[int]], pad_token_id: int):
+    """Right-padded ``input_ids``, ``labels`` (padding ignored) and ``attention_mask`` tensors ``[rows, longest]``."""
+    longest = max(len(ids) for ids in id_rows)
+    input_ids = torch.full((len(id_rows), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(id_rows), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(id_rows), longest), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(id_rows, label_rows)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, labels, attention_mask
+
+
 def encode_conversation(processor: ReasonSegProcessor, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a finished conversation."""
     ids = processor.encode(processor.conversation_prompt(turns))
@@ -88,14 +101,7 @@ class ReasonSegCollator:
                 )
             height, width = inputs.original_size
             gt_masks.append(torch.from_numpy(masks.reshape(len(masks), height, width) == 1).float())
-        longest = max(len(ids) for ids in id_rows)
-        input_ids = torch.full((len(id_rows), longest), processor.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(id_rows), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(id_rows), longest), dtype=torch.long)
-        for row, (ids, row_labels) in enumerate(zip(id_rows, label_rows)):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(row_labels)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, labels, attention_mask = pad_right(id_rows, label_rows, processor.pad_token_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -34,11 +34,11 @@ from ..data.templates import question_for
 from ..data.toy_world import generate_sample, split_seed
 from ..errors import InputError
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
+from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
 
 FINAL_MODEL_DIR = "model"
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -204,14 +204,7 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
         ids, labels = encode_conversation(tokenizer, config, turns)
         id_lists.append(ids)
         label_lists.append(labels)
-    longest = max(len(ids) for ids in id_lists)
-    input_ids = torch.full((len(id_lists), longest), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(id_lists), longest), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(id_lists), longest), dtype=torch.long)
-    for row, (ids, row_labels) in enumerate(zip(id_lists, label_lists)):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(row_labels)
-        attention[row, : len(ids)] = 1
+    input_ids, labels, attention = pad_right(id_lists, label_lists, tokenizer.pad_token_id)
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
 
