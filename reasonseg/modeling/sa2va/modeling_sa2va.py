@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, Sam2Model
 
-from ..losses import mask_losses, token_cross_entropy
 from ..modeling_reasonseg import ReasonSegOutput
 from ..multimodal_inputs import SplicedInputs, splice_image_features
 from ..placement import execution_device, parameter_dtype
@@ -27,6 +26,7 @@ from ..seg_projection import SegProjection
 from .configuration_sa2va import Sa2VAConfig
 from .sam2 import Sam2ImageFeatures, decode_sam2_masks, sam2_image_features
 from ..language_delegation import LanguageModelDelegation
+from ..segmentation_pass import SegmentationPass
 
 
 def pixel_shuffle(features: torch.Tensor, scale: float, version: str = "v2") -> torch.Tensor:
@@ -63,7 +63,7 @@ class Sa2VAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
 
 
-class Sa2VAForCausalLM(LanguageModelDelegation, Sa2VAPreTrainedModel):
+class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTrainedModel):
     """Attribute names follow ``ReasonSegForCausalLM`` (``vision_tower``, ``multi_modal_projector``,
     ``language_model``, ``sam``, ``seg_projection``) so precision, quantisation and placement rules apply alike."""
 
@@ -188,55 +188,14 @@ class Sa2VAForCausalLM(LanguageModelDelegation, Sa2VAPreTrainedModel):
 
         pixel_values: per image its tiles: ``[num_images, T, 3, 448, 448]``, a list of ``[T_i, 3, 448, 448]``, or
         all tiles concatenated with ``tile_counts``; sam_pixel_values ``[num_images, 3, 1024, 1024]``."""
-        if image_indices is None:
-            image_indices = list(range(input_ids.shape[0]))
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values, tile_counts)
-        spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
-        hidden = self.decoder(
-            inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
-            position_ids=spliced.position_ids,
-            use_cache=False,
-        ).last_hidden_state
-        logits = self.get_output_embeddings()(hidden) if (return_logits or labels is not None) else None
+        return self.segmentation_pass(input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
+                                      sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks,
+                                      return_logits)
 
-        output = ReasonSegOutput(logits=logits)
-        if labels is not None:
-            expanded_labels = spliced.expand_token_values(labels.to(spliced.token_positions.device), -100)
-            output.ce_loss = token_cross_entropy(logits, expanded_labels.to(logits.device))
-
-        rows, positions = self.seg_token_locations(input_ids.to(spliced.token_positions.device), spliced)
-        seg_hidden = hidden[rows.to(hidden.device), positions.to(hidden.device)]
-        output.seg_hidden_states = seg_hidden
-        if sam_pixel_values is not None or sam_image_embeddings is not None:
-            if sam_image_embeddings is None:
-                sam_image_embeddings = self.encode_sam_images(sam_pixel_values)
-            row_images = torch.as_tensor(image_indices, device=rows.device)[rows]
-            pred_masks, low_res_masks, ious, prompts = [], [], [], []
-            for image in range(len(sam_image_embeddings)):
-                selected = row_images == image
-                masks, low_res, iou, prompt = self.masks_from_seg_hidden(
-                    seg_hidden[selected.to(seg_hidden.device)],
-                    sam_image_embeddings[image],
-                    tuple(resized_sizes[image]),
-                    tuple(original_sizes[image]),
-                )
-                pred_masks.append(masks)
-                low_res_masks.append(low_res)
-                ious.append(iou)
-                prompts.append(prompt)
-            output.pred_masks, output.low_res_masks, output.iou_predictions = pred_masks, low_res_masks, ious
-            output.seg_embeddings = torch.cat(prompts) if prompts else None
-            if gt_masks is not None:
-                bce, dice = mask_losses(pred_masks, [m.to(p.device) for m, p in zip(gt_masks, pred_masks)])
-                output.mask_bce_loss = self.config.bce_loss_weight * bce
-                output.mask_dice_loss = self.config.dice_loss_weight * dice
-                output.mask_loss = output.mask_bce_loss + output.mask_dice_loss
-        if output.ce_loss is not None:
-            ce = self.config.ce_loss_weight * output.ce_loss
-            output.loss = ce + output.mask_loss.to(ce.device) if output.mask_loss is not None else ce
-        return output
+    def sam_embeddings_per_image(self, embeddings) -> list:
+        return [embeddings[i] for i in range(len(embeddings))]
 
 
 AutoModel.register(Sa2VAConfig, Sa2VAForCausalLM, exist_ok=True)

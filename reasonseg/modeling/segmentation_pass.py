@@ -1,0 +1,69 @@
+"""The training / teacher-forced pass every reasonseg model shares once its images are encoded: splice, run the
+language model, take the state feeding each [SEG], decode one mask per [SEG] with the model's SAM, and the losses."""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import mask_losses, token_cross_entropy
+
+
+class SegmentationPass:
+    """Mixed into a model that has ``splice_inputs``, ``decoder``, ``get_output_embeddings``,
+    ``seg_token_locations``, ``encode_sam_images``, ``masks_from_seg_hidden`` and ``config`` (loss weights), and
+    says how its SAM embeddings split per image (:meth:`sam_embeddings_per_image`)."""
+
+    def sam_embeddings_per_image(self, embeddings) -> list:
+        raise NotImplementedError
+
+    def segmentation_pass(self, input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
+                          sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks, return_logits):
+        from .modeling_reasonseg import ReasonSegOutput
+
+        if image_indices is None:
+            image_indices = list(range(input_ids.shape[0]))
+        spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
+        hidden = self.decoder(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            position_ids=spliced.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.get_output_embeddings()(hidden) if (return_logits or labels is not None) else None
+
+        output = ReasonSegOutput(logits=logits)
+        if labels is not None:
+            expanded_labels = spliced.expand_token_values(labels.to(spliced.token_positions.device), -100)
+            output.ce_loss = token_cross_entropy(logits, expanded_labels.to(logits.device))
+
+        rows, positions = self.seg_token_locations(input_ids.to(spliced.token_positions.device), spliced)
+        seg_hidden = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+        output.seg_hidden_states = seg_hidden
+        if sam_pixel_values is not None or sam_image_embeddings is not None:
+            if sam_image_embeddings is None:
+                sam_image_embeddings = self.encode_sam_images(sam_pixel_values)
+            row_images = torch.as_tensor(image_indices, device=rows.device)[rows]
+            pred_masks, low_res_masks, ious, prompts = [], [], [], []
+            for image, embedding in enumerate(self.sam_embeddings_per_image(sam_image_embeddings)):
+                selected = row_images == image
+                masks, low_res, iou, prompt = self.masks_from_seg_hidden(
+                    seg_hidden[selected.to(seg_hidden.device)],
+                    embedding,
+                    tuple(resized_sizes[image]),
+                    tuple(original_sizes[image]),
+                )
+                pred_masks.append(masks)
+                low_res_masks.append(low_res)
+                ious.append(iou)
+                prompts.append(prompt)
+            output.pred_masks, output.low_res_masks, output.iou_predictions = pred_masks, low_res_masks, ious
+            output.seg_embeddings = torch.cat(prompts) if prompts else None
+            if gt_masks is not None:
+                bce, dice = mask_losses(pred_masks, [m.to(p.device) for m, p in zip(gt_masks, pred_masks)])
+                output.mask_bce_loss = self.config.bce_loss_weight * bce
+                output.mask_dice_loss = self.config.dice_loss_weight * dice
+                output.mask_loss = output.mask_bce_loss + output.mask_dice_loss
+        if output.ce_loss is not None:
+            ce = self.config.ce_loss_weight * output.ce_loss
+            output.loss = ce + output.mask_loss.to(ce.device) if output.mask_loss is not None else ce
+        return output
