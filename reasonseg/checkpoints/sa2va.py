@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, UnsupportedError
+from .key_renames import RenameTable
 from .state_dicts import iter_checkpoint_tensors, weight_files
 
 SA2VA_MODEL_TYPE = "sa2va_chat"
@@ -270,60 +271,54 @@ def sa2va_config(raw: dict, shapes: dict, seg_token_id: int | None):
 
 
 # ---------------------------------------------------------------------------------------------------- key names
-_SAM2_RENAMES = [
-    (r"^image_encoder\.trunk\.patch_embed\.proj\.", "vision_encoder.backbone.patch_embed.projection."),
-    (r"^image_encoder\.trunk\.(pos_embed|pos_embed_window)$", r"vision_encoder.backbone.\1"),
-    (r"^image_encoder\.trunk\.blocks\.(\d+)\.norm(\d)\.", r"vision_encoder.backbone.blocks.\1.layer_norm\2."),
-    (r"^image_encoder\.trunk\.blocks\.(\d+)\.mlp\.layers\.0\.", r"vision_encoder.backbone.blocks.\1.mlp.proj_in."),
-    (r"^image_encoder\.trunk\.blocks\.(\d+)\.mlp\.layers\.1\.", r"vision_encoder.backbone.blocks.\1.mlp.proj_out."),
-    (r"^image_encoder\.trunk\.blocks\.(\d+)\.(attn\.qkv|attn\.proj|proj)\.", r"vision_encoder.backbone.blocks.\1.\2."),
-    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
-    (r"^sam_prompt_encoder\.(not_a_point_embed|no_mask_embed)\.", r"prompt_encoder.\1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (r"^sam_mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.out_proj\.",
-     r"mask_decoder.transformer.\1.o_proj."),
-    (r"^sam_mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.(q_proj|k_proj|v_proj)\.",
-     r"mask_decoder.transformer.\1.\2."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.0\.", r"mask_decoder.transformer.layers.\1.mlp.proj_in."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.1\.", r"mask_decoder.transformer.layers.\1.mlp.proj_out."),
-    (r"^sam_mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (r"^sam_mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^sam_mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^sam_mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (r"^sam_mask_decoder\.(iou_token|mask_tokens|obj_score_token|conv_s0|conv_s1)\.", r"mask_decoder.\1."),
-    (r"^no_mem_embed$", "no_memory_embedding"),
-]
-_INTERNVIT_RENAMES = [
-    (r"^vision_model\.embeddings\.class_embedding$", "vision_tower.embeddings.cls_token"),
-    (r"^vision_model\.embeddings\.patch_embedding\.", "vision_tower.embeddings.patch_embeddings.projection."),
-    (r"^vision_model\.embeddings\.position_embedding$", "vision_tower.embeddings.position_embeddings"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.proj\.", r"vision_tower.encoder.layer.\1.attention.projection_layer."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.(q_norm|k_norm)\.", r"vision_tower.encoder.layer.\1.attention.\2."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.ls(\d)$", r"vision_tower.encoder.layer.\1.lambda_\2"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"vision_tower.encoder.layer.\1.mlp.\2."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm1\.", r"vision_tower.encoder.layer.\1.layernorm_before."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm2\.", r"vision_tower.encoder.layer.\1.layernorm_after."),
-    (r"^mlp1\.(\d+)\.", r"multi_modal_projector.\1."),
-    (r"^text_hidden_fcs\.(\d+)\.", r"seg_projection.layers.\1."),
-]
+SAM2_KEYS = RenameTable([
+    ("image_encoder.trunk.patch_embed.proj.", "vision_encoder.backbone.patch_embed.projection."),
+    ("image_encoder.trunk.{pos_embed|pos_embed_window}", "vision_encoder.backbone.{pos_embed|pos_embed_window}"),
+    (r"image_encoder.trunk.blocks.{\d+}.norm{\d}.", r"vision_encoder.backbone.blocks.{\d+}.layer_norm{\d}."),
+    (r"image_encoder.trunk.blocks.{\d+}.mlp.layers.0.", r"vision_encoder.backbone.blocks.{\d+}.mlp.proj_in."),
+    (r"image_encoder.trunk.blocks.{\d+}.mlp.layers.1.", r"vision_encoder.backbone.blocks.{\d+}.mlp.proj_out."),
+    (r"image_encoder.trunk.blocks.{\d+}.{attn\.qkv|attn\.proj|proj}.",
+     r"vision_encoder.backbone.blocks.{\d+}.{attn\.qkv|attn\.proj|proj}."),
+    (r"image_encoder.neck.convs.{\d+}.conv.", r"vision_encoder.neck.convs.{\d+}."),
+    ("sam_prompt_encoder.{not_a_point_embed|no_mask_embed}.", "prompt_encoder.{not_a_point_embed|no_mask_embed}."),
+    ("sam_prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("sam_prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("sam_prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("sam_prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("sam_prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    (r"sam_mask_decoder.transformer.{layers\.\d+\.\w+|final_attn_token_to_image}.out_proj.",
+     r"mask_decoder.transformer.{layers\.\d+\.\w+|final_attn_token_to_image}.o_proj."),
+    (r"sam_mask_decoder.transformer.{layers\.\d+\.\w+|final_attn_token_to_image}.{q_proj|k_proj|v_proj}.",
+     r"mask_decoder.transformer.{layers\.\d+\.\w+|final_attn_token_to_image}.{q_proj|k_proj|v_proj}."),
+    (r"sam_mask_decoder.transformer.layers.{\d+}.norm{\d}.", r"mask_decoder.transformer.layers.{\d+}.layer_norm{\d}."),
+    (r"sam_mask_decoder.transformer.layers.{\d+}.mlp.layers.0.", r"mask_decoder.transformer.layers.{\d+}.mlp.proj_in."),
+    (r"sam_mask_decoder.transformer.layers.{\d+}.mlp.layers.1.", r"mask_decoder.transformer.layers.{\d+}.mlp.proj_out."),
+    ("sam_mask_decoder.transformer.norm_final_attn.", "mask_decoder.transformer.layer_norm_final_attn."),
+    ("sam_mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("sam_mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("sam_mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+    ("sam_mask_decoder.{iou_token|mask_tokens|obj_score_token|conv_s0|conv_s1}.",
+     "mask_decoder.{iou_token|mask_tokens|obj_score_token|conv_s0|conv_s1}."),
+    ("no_mem_embed", "no_memory_embedding"),
+])
+INTERNVIT_KEYS = RenameTable([
+    ("vision_model.embeddings.class_embedding", "vision_tower.embeddings.cls_token"),
+    ("vision_model.embeddings.patch_embedding.", "vision_tower.embeddings.patch_embeddings.projection."),
+    ("vision_model.embeddings.position_embedding", "vision_tower.embeddings.position_embeddings"),
+    (r"vision_model.encoder.layers.{\d+}.attn.proj.", r"vision_tower.encoder.layer.{\d+}.attention.projection_layer."),
+    (r"vision_model.encoder.layers.{\d+}.attn.{q_norm|k_norm}.", r"vision_tower.encoder.layer.{\d+}.attention.{q_norm|k_norm}."),
+    (r"vision_model.encoder.layers.{\d+}.ls{\d}", r"vision_tower.encoder.layer.{\d+}.lambda_{\d}"),
+    (r"vision_model.encoder.layers.{\d+}.mlp.{fc1|fc2}.", r"vision_tower.encoder.layer.{\d+}.mlp.{fc1|fc2}."),
+    (r"vision_model.encoder.layers.{\d+}.norm1.", r"vision_tower.encoder.layer.{\d+}.layernorm_before."),
+    (r"vision_model.encoder.layers.{\d+}.norm2.", r"vision_tower.encoder.layer.{\d+}.layernorm_after."),
+    (r"mlp1.{\d+}.", r"multi_modal_projector.{\d+}."),
+    (r"text_hidden_fcs.{\d+}.", r"seg_projection.layers.{\d+}."),
+])
 _MLP_PATTERN = re.compile(
     r"^sam_mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.layers\.(\d+)\.(\w+)$"
 )
 _QKV_PATTERN = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _POINT_PATTERN = re.compile(r"^sam_prompt_encoder\.point_embeddings\.(\d+)\.weight$")
-
-
-def _rename(key: str, table) -> str | None:
-    for pattern, replacement in table:
-        new_key, count = re.subn(pattern, replacement, key)
-        if count:
-            return new_key
-    return None
 
 
 def sam2_key_to_native(key: str, depths: dict[str, int]) -> str | None:
@@ -336,7 +331,7 @@ def sam2_key_to_native(key: str, depths: dict[str, int]) -> str | None:
         depth = depths["iou_prediction_head" if head == "iou_prediction_head" else "default"]
         name = "proj_in" if index == 0 else ("proj_out" if index == depth - 1 else f"layers.{index - 1}")
         return f"mask_decoder.{head}.{name}.{leaf}"
-    return _rename(key, _SAM2_RENAMES)
+    return SAM2_KEYS.to_native(key)
 
 
 def convert_sa2va_state_dict(tensors, config, source_llm: str = "Qwen2ForCausalLM") -> dict[str, torch.Tensor]:
@@ -381,7 +376,7 @@ def convert_sa2va_state_dict(tensors, config, source_llm: str = "Qwen2ForCausalL
                 for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.split(vision_hidden, dim=0)):
                     native[f"vision_tower.encoder.layer.{layer}.attention.{name}.{leaf}"] = part.clone()
                 continue
-            new_key = _rename(key, _INTERNVIT_RENAMES)
+            new_key = INTERNVIT_KEYS.to_native(key)
         if new_key is None:
             raise CheckpointError(f"unexpected tensor {key!r} in the Sa2VA checkpoint; is it a Sa2VA (InternVL) model?")
         native[new_key if not key.startswith(SAM_PREFIX) else "sam." + new_key] = tensor
@@ -505,48 +500,6 @@ def converted_sa2va_cache(directory: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- the other way
 # (native -> Sa2VA layout: for tests and benchmarks that need original-layout checkpoints of any size)
-_NATIVE_SAM2 = [
-    (r"^vision_encoder\.backbone\.patch_embed\.projection\.", "image_encoder.trunk.patch_embed.proj."),
-    (r"^vision_encoder\.backbone\.(pos_embed|pos_embed_window)$", r"image_encoder.trunk.\1"),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.layer_norm(\d)\.", r"image_encoder.trunk.blocks.\1.norm\2."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_in\.", r"image_encoder.trunk.blocks.\1.mlp.layers.0."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_out\.", r"image_encoder.trunk.blocks.\1.mlp.layers.1."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.(attn\.qkv|attn\.proj|proj)\.", r"image_encoder.trunk.blocks.\1.\2."),
-    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
-    (r"^prompt_encoder\.(not_a_point_embed|no_mask_embed)\.", r"sam_prompt_encoder.\1."),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
-    (r"^mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.o_proj\.",
-     r"sam_mask_decoder.transformer.\1.out_proj."),
-    (r"^mask_decoder\.transformer\.(layers\.\d+\.\w+|final_attn_token_to_image)\.(q_proj|k_proj|v_proj)\.",
-     r"sam_mask_decoder.transformer.\1.\2."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"sam_mask_decoder.transformer.layers.\1.norm\2."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.", r"sam_mask_decoder.transformer.layers.\1.mlp.layers.0."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.", r"sam_mask_decoder.transformer.layers.\1.mlp.layers.1."),
-    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "sam_mask_decoder.transformer.norm_final_attn."),
-    (r"^mask_decoder\.upscale_conv1\.", "sam_mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "sam_mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "sam_mask_decoder.output_upscaling.3."),
-    (r"^mask_decoder\.(iou_token|mask_tokens|obj_score_token|conv_s0|conv_s1)\.", r"sam_mask_decoder.\1."),
-    (r"^no_memory_embedding$", "no_mem_embed"),
-]
-_NATIVE_OTHER = [
-    (r"^vision_tower\.embeddings\.cls_token$", "vision_model.embeddings.class_embedding"),
-    (r"^vision_tower\.embeddings\.patch_embeddings\.projection\.", "vision_model.embeddings.patch_embedding."),
-    (r"^vision_tower\.embeddings\.position_embeddings$", "vision_model.embeddings.position_embedding"),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.projection_layer\.", r"vision_model.encoder.layers.\1.attn.proj."),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.(q_norm|k_norm)\.", r"vision_model.encoder.layers.\1.attn.\2."),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.lambda_(\d)$", r"vision_model.encoder.layers.\1.ls\2"),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.", r"vision_model.encoder.layers.\1.mlp.\2."),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.layernorm_before\.", r"vision_model.encoder.layers.\1.norm1."),
-    (r"^vision_tower\.encoder\.layer\.(\d+)\.layernorm_after\.", r"vision_model.encoder.layers.\1.norm2."),
-    (r"^multi_modal_projector\.(\d+)\.", r"mlp1.\1."),
-    (r"^seg_projection\.layers\.(\d+)\.", r"text_hidden_fcs.\1."),
-    (r"^(language_model\..*)$", r"\1"),
-]
 _NATIVE_MLP = re.compile(
     r"^mask_decoder\.(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.(proj_in|proj_out|layers\.\d+)\.(\w+)$"
 )
@@ -586,12 +539,12 @@ def native_items_to_sa2va(items, config):
                 index = 0 if name == "proj_in" else (depth - 1 if name == "proj_out" else int(name.split(".")[1]) + 1)
                 yield f"{SAM_PREFIX}sam_mask_decoder.{head}.layers.{index}.{leaf}", tensor
                 continue
-            original = _rename(local, _NATIVE_SAM2)
+            original = SAM2_KEYS.to_original(local)
             if original is None:
                 raise CheckpointError(f"no Sa2VA name for {key}")
             yield SAM_PREFIX + original, tensor
             continue
-        original = _rename(key, _NATIVE_OTHER)
+        original = key if key.startswith("language_model.") else INTERNVIT_KEYS.to_original(key)
         if original is None:
             raise CheckpointError(f"no Sa2VA name for {key}")
         yield original, tensor

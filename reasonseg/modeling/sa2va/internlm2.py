@@ -13,19 +13,20 @@ import re
 
 import torch
 
+from ...checkpoints.key_renames import RenameTable
 from ...errors import CheckpointError
 
-_RENAMES = [
-    (r"^language_model\.model\.tok_embeddings\.", "language_model.model.embed_tokens."),
-    (r"^language_model\.output\.", "language_model.lm_head."),
-    (r"^language_model\.model\.norm\.", "language_model.model.norm."),
-    (r"^language_model\.model\.layers\.(\d+)\.attention\.wo\.", r"language_model.model.layers.\1.self_attn.o_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w1\.", r"language_model.model.layers.\1.mlp.gate_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w2\.", r"language_model.model.layers.\1.mlp.down_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w3\.", r"language_model.model.layers.\1.mlp.up_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.attention_norm\.", r"language_model.model.layers.\1.input_layernorm."),
-    (r"^language_model\.model\.layers\.(\d+)\.ffn_norm\.", r"language_model.model.layers.\1.post_attention_layernorm."),
-]
+INTERNLM2_KEYS = RenameTable([
+    ("language_model.model.tok_embeddings.", "language_model.model.embed_tokens."),
+    ("language_model.output.", "language_model.lm_head."),
+    ("language_model.model.norm.", "language_model.model.norm."),
+    (r"language_model.model.layers.{\d+}.attention.wo.", r"language_model.model.layers.{\d+}.self_attn.o_proj."),
+    (r"language_model.model.layers.{\d+}.feed_forward.w1.", r"language_model.model.layers.{\d+}.mlp.gate_proj."),
+    (r"language_model.model.layers.{\d+}.feed_forward.w2.", r"language_model.model.layers.{\d+}.mlp.down_proj."),
+    (r"language_model.model.layers.{\d+}.feed_forward.w3.", r"language_model.model.layers.{\d+}.mlp.up_proj."),
+    (r"language_model.model.layers.{\d+}.attention_norm.", r"language_model.model.layers.{\d+}.input_layernorm."),
+    (r"language_model.model.layers.{\d+}.ffn_norm.", r"language_model.model.layers.{\d+}.post_attention_layernorm."),
+])
 _WQKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.attention\.wqkv\.(weight|bias)$")
 
 
@@ -91,8 +92,7 @@ def internlm2_key_to_llama(key: str, tensor: torch.Tensor, text_config):
         parts = split_wqkv(tensor, text_config.num_attention_heads, text_config.num_key_value_heads)
         prefix = f"language_model.model.layers.{layer}.self_attn"
         return [(f"{prefix}.{name}.{leaf}", part) for name, part in zip(("q_proj", "k_proj", "v_proj"), parts)]
-    for pattern, replacement in _RENAMES:
-        new_key, count = re.subn(pattern, replacement, key)
-        if count:
-            return [(new_key, tensor)]
+    new_key = INTERNLM2_KEYS.to_native(key)
+    if new_key is not None:
+        return [(new_key, tensor)]
     raise CheckpointError(f"unexpected InternLM2 tensor {key!r} in the Sa2VA checkpoint")
