@@ -369,7 +369,6 @@ class ChatSession:
         self._next_position = int(result.next_positions[0])
         self._pending_ids = new_ids[-1:]
 
-        seg_id = model.config.seg_token_id
         seg_states = self._seg_states(new_ids, states)
         forced = False
         if force_seg and seg_states.shape[0] == 0:

@@ -11,14 +11,14 @@
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, SamModel
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_reasonseg import ReasonSegConfig
 from .multimodal_inputs import SplicedInputs, splice_image_features
 from .placement import execution_device, parameter_dtype
 from .projector import build_projector
-from .sam import decode_seg_masks, sam_image_embeddings, upscale_mask_logits
+from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings, upscale_mask_logits
 from .seg_projection import SegProjection
 from .language_delegation import LanguageModelDelegation
 from .segmentation_pass import SegmentationPass
@@ -66,7 +66,7 @@ class ReasonSegForCausalLM(LanguageModelDelegation, SegmentationPass, ReasonSegP
             config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.sam = SamModel(config.sam_config)
+        self.sam = build_sam_model(config.sam_config)
         self.seg_projection = SegProjection(config.text_config.hidden_size, config.seg_embedding_dim)
         self.post_init()
 

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import SamModel
+from transformers import SamConfig, SamModel
 
 from .placement import execution_device
+
+SAM_POSITIONAL_SCALE = 1.0
+
+
+def build_sam_model(config: SamConfig) -> SamModel:
+    """``SamModel(config)`` with SAM's own initialisation of the random Fourier positional encoding (std 1).
+
+    transformers sets that std to ``hidden_size // 2`` (64 for a 128-wide encoder): frequencies so high that a point's
+    encoding matches no image position, and a model trained from scratch learns to ignore its prompts (it outlines
+    every object). Loaded checkpoints overwrite the values, so this matters only for models that start untrained.
+    """
+    config.vision_config.scale = SAM_POSITIONAL_SCALE
+    return SamModel(config)
 
 
 def sam_image_embeddings(sam: SamModel, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,10 @@ The tokenizer is a byte-level BPE trained in milliseconds on a small built-in co
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 from ..processing.processing_reasonseg import ProcessorSettings, ReasonSegProcessor
-from ..processing.tokenization import add_tokens
+from ..processing.tokenization import add_tokens, train_byte_level_bpe
 from .configuration_reasonseg import ReasonSegConfig
 from .modeling_reasonseg import ReasonSegForCausalLM
 
@@ -25,15 +24,7 @@ _CORPUS = [
 
 
 def build_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(_CORPUS * 4, trainer)
+    backend = train_byte_level_bpe(_CORPUS * 4, vocab_size, ["<unk>", "<s>", "</s>"], unk_token="<unk>")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
     )

@@ -98,3 +98,18 @@ def decode_answer(tokenizer: PreTrainedTokenizerBase, ids: list[int], style: str
     if run:
         parts.append(decode_run(run))
     return " ".join(parts).strip()
+
+
+def train_byte_level_bpe(corpus: list[str], vocab_size: int, special_tokens: list[str], unk_token: str | None = None):
+    """A byte-level BPE (GPT-2 style, no prefix space) learnt from ``corpus``: the tokenizer of the tiny test models
+    and of the demo world, where no pretrained vocabulary can be downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE(unk_token=unk_token))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return backend

@@ -23,7 +23,7 @@ from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEnc
 from ..data.toy_world import generate_scene, split_seed
 from ..errors import InputError
 from ..modeling.losses import mask_bce, mask_dice
-from ..modeling.sam import upscale_mask_logits
+from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
@@ -110,7 +110,7 @@ def build_sam(config: SamPretrainConfig) -> SamModel:
     sam_config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder,
                            initializer_range=0.02)
     torch.manual_seed(config.seed)
-    return SamModel(sam_config)
+    return build_sam_model(sam_config)
 
 
 @dataclass

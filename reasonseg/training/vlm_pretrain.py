@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -34,6 +33,7 @@ from ..data.templates import question_for
 from ..data.toy_world import generate_sample, split_seed
 from ..errors import InputError
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
+from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
@@ -122,16 +122,8 @@ def world_corpus(num_scenes: int) -> list[str]:
 
 def build_world_tokenizer(config: VlmPretrainConfig) -> PreTrainedTokenizerFast:
     template = get_template(config.conv_type)
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=config.vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", DEFAULT_IMAGE_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     corpus = world_corpus(config.tokenizer_scenes) + [template.system] * 50
-    backend.train_from_iterator(corpus, trainer)
+    backend = train_byte_level_bpe(corpus, config.vocab_size, ["<unk>", "<s>", "</s>", DEFAULT_IMAGE_TOKEN], "<unk>")
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
         model_max_length=config.max_length,

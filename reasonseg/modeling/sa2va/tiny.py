@@ -5,10 +5,10 @@ trained in milliseconds with Sa2VA's special tokens."""
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ...processing.sa2va import Sa2VAProcessor, Sa2VAProcessorSettings
+from ...processing.tokenization import train_byte_level_bpe
 from .configuration_sa2va import Sa2VAConfig
 from .modeling_sa2va import Sa2VAForCausalLM
 
@@ -21,13 +21,7 @@ _CORPUS = [
 
 
 def build_tiny_sa2va_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(_CORPUS * 4, trainer)
+    backend = train_byte_level_bpe(_CORPUS * 4, vocab_size, SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", clean_up_tokenization_spaces=False
     )
