@@ -166,3 +166,16 @@ def test_empty_prompt_is_refused(tiny, rgb_image, bad):
     model, processor = tiny
     with pytest.raises(InputError, match="prompt is empty"):
         Segmenter(model, processor).predict(rgb_image, bad)
+
+
+def test_sam_built_from_a_config_encodes_nearby_points_alike(tiny):
+    """SAM's random Fourier encoding at SAM's scale: a point 1% of the image away looks like its neighbour, a far one
+    does not (at transformers' default scale, hidden_size // 2, every position looks unrelated and a SAM trained from
+    scratch learns to ignore its prompts)."""
+    model, _ = tiny
+    encode = model.sam.shared_image_embedding
+    points = torch.tensor([[[[0.5, 0.5], [0.51, 0.5], [0.9, 0.2]]]])
+    with torch.no_grad():
+        here, near, far = torch.nn.functional.normalize(encode(points)[0, 0], dim=-1)
+    assert float(here @ near) > 0.95
+    assert float(here @ far) < 0.5
