@@ -37,3 +37,25 @@ def is_coco_image_entry(info) -> bool:
         and info["height"] > 0
         and info["width"] > 0
     )
+
+
+class ImageFiles:
+    """The image files a COCO-style reader has met: each looked up on disk once (a stat, no read); a missing one is
+    reported once and every record of it is skipped."""
+
+    def __init__(self, image_root, source, check: bool, strict: bool, problems: list[str] | None):
+        self.image_root, self.source, self.check = image_root, source, check
+        self.strict, self.problems = strict, problems
+        self.missing: set[int] = set()
+
+    def path(self, info: dict):
+        """The path of COCO image entry ``info``, or None when its file is missing."""
+        image_id = info["id"]
+        if image_id in self.missing:
+            return None
+        path = self.image_root / info["file_name"]
+        if self.check and not path.is_file():
+            self.missing.add(image_id)
+            report_problem(f"{path}: image file not found (image {image_id} of {self.source})", self.strict, self.problems)
+            return None
+        return path

@@ -42,7 +42,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import InputError
-from .problems import report_problem as _report, is_int as _is_int, is_coco_image_entry
+from .problems import ImageFiles, is_coco_image_entry, is_int as _is_int, report_problem as _report
 
 # name -> (folder, refs file(s) tried in order, image folder relative to the refer_seg root)
 COCO_IMAGES = Path("images/mscoco/images/train2014")
@@ -350,7 +350,7 @@ def load_refer_dataset(
     by_image: dict[int, ReferImage] = {}
     good_segmentations: dict[int, object] = {}
     checked_anns: dict[int, str | None] = {}
-    missing_files: set[int] = set()
+    image_files = ImageFiles(image_root, refs_path, check_images, strict, problems)
     num_refs = 0
     for index, ref in enumerate(refs):
         where = f"{refs_path}: ref {index}"
@@ -404,13 +404,9 @@ def load_refer_dataset(
         if not texts:
             _report(f"{where}: no sentences (a list of {{'sent': '...'}})", strict, problems)
             continue
-        if image_id in missing_files:
-            continue
         if image_id not in by_image:
-            path = image_root / info["file_name"]
-            if check_images and not path.is_file():
-                missing_files.add(image_id)
-                _report(f"{path}: image file not found (image {image_id} of {refs_path})", strict, problems)
+            path = image_files.path(info)
+            if path is None:
                 continue
             by_image[image_id] = ReferImage(image_id, path, info["height"], info["width"])
         ref_id = ref.get("ref_id") if _is_int(ref.get("ref_id")) else None

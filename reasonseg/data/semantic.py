@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
-from .problems import report_problem as _report, is_int as _is_int, is_coco_image_entry
+from .problems import ImageFiles, is_coco_image_entry, is_int as _is_int, report_problem as _report
 from .refer import read_json_file, segmentation_mask, segmentation_problem
 
 IGNORE = 255
@@ -316,7 +316,7 @@ def load_coco_parts(
         infos[info["id"]] = info
     by_image: dict[int, PartImage] = {}
     segmentations: dict[int, object] = {}
-    missing: set[int] = set()
+    image_files = ImageFiles(image_root, json_path, check_images, strict, problems)
     for index, ann in enumerate(data["annotations"]):
         where = f"{json_path}: annotations[{index}]"
         if not (isinstance(ann, dict) and _is_int(ann.get("id")) and _is_int(ann.get("image_id"))
@@ -336,13 +336,9 @@ def load_coco_parts(
             _report(f"{where}: {problem}", strict, problems)
             continue
         image_id = info["id"]
-        if image_id in missing:
-            continue
         if image_id not in by_image:
-            path = image_root / info["file_name"]
-            if check_images and not path.is_file():
-                missing.add(image_id)
-                _report(f"{path}: image file not found (image {image_id} of {json_path})", strict, problems)
+            path = image_files.path(info)
+            if path is None:
                 continue
             by_image[image_id] = PartImage(image_id, path, info["height"], info["width"])
         by_image[image_id].categories.setdefault(ann["category_id"], []).append(ann["id"])
