@@ -121,47 +121,11 @@ def _meta_state_shapes(module_class, config) -> dict[str, tuple[tuple[int, ...],
     return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
 
 
-_SAM_TO_ORIGINAL = [
-    (r"^vision_encoder\.patch_embed\.projection\.", "image_encoder.patch_embed.proj."),
-    (r"^vision_encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"image_encoder.blocks.\1.norm\2."),
-    (r"^vision_encoder\.layers\.", "image_encoder.blocks."),
-    (r"^vision_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
-    (r"^vision_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
-    (r"^vision_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
-    (r"^vision_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
-    (r"^vision_encoder\.", "image_encoder."),
-    (r"^shared_image_embedding\.positional_embedding$", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
-    (r"^prompt_encoder\.point_embed\.", "prompt_encoder.point_embeddings."),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
-    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
-    (r"\.proj_in\.", ".layers.0."),
-    (r"\.proj_out\.", ".layers.2."),
-]
-
-
-def segment_anything_key(key: str) -> str | None:
-    """A transformers ``SamModel`` key -> its segment-anything name (None for the tied copy)."""
-    if key == "prompt_encoder.shared_embedding.positional_embedding":
-        return None
-    hidden = re.match(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.(.+)$", key)
-    if hidden:
-        return f"{hidden.group(1)}.layers.{int(hidden.group(2)) + 1}.{hidden.group(3)}"
-    for pattern, replacement in _SAM_TO_ORIGINAL:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
 def sam_shapes(width: int, depth: int, heads: int, global_attn: list[int]) -> dict:
     """segment-anything names and shapes of a SAM image encoder of that size (+ the fixed prompt encoder/decoder)."""
     from transformers import SamConfig, SamModel
+
+    from reasonseg.checkpoints.sam_keys import segment_anything_key
 
     config = SamConfig(vision_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
                                           global_attn_indexes=global_attn, mlp_dim=4 * width))

@@ -39,7 +39,7 @@ import reasonseg  # noqa: F401  (registers the Auto classes)
 from reasonseg.checkpoints.build import build_checkpoint, build_model
 from reasonseg.checkpoints.delta import apply_delta
 from reasonseg.checkpoints.lisa_training import convert_lisa_training_weights, merge_lora_state_dict
-from reasonseg.checkpoints.sam_keys import rename_sam_key
+from reasonseg.checkpoints.sam_keys import rename_sam_key, segment_anything_key
 from reasonseg.cli.main import main as cli_main
 from reasonseg.errors import CheckpointError, InputError
 from reasonseg.modeling.sam import decode_seg_masks
@@ -109,42 +109,12 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def to_segment_anything(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SamModel names -> segment-anything names (the inverse of reasonseg.checkpoints.sam_keys)."""
-    renames = [
-        (r"^vision_encoder\.patch_embed\.projection\.", "image_encoder.patch_embed.proj."),
-        (r"^vision_encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"image_encoder.blocks.\1.norm\2."),
-        (r"^vision_encoder\.layers\.", "image_encoder.blocks."),
-        (r"^vision_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
-        (r"^vision_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
-        (r"^vision_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
-        (r"^vision_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
-        (r"^vision_encoder\.", "image_encoder."),
-        (r"^shared_image_embedding\.positional_embedding$", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
-        (r"^prompt_encoder\.point_embed\.", "prompt_encoder.point_embeddings."),
-        (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-        (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-        (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-        (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-        (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
-        (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
-        (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-        (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-        (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-        (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
-        (r"\.proj_in\.", ".layers.0."),
-        (r"\.proj_out\.", ".layers.2."),
-    ]
+    """SamModel names -> segment-anything names, checked to map back exactly."""
     out = {}
     for key, value in state.items():
-        if key == "prompt_encoder.shared_embedding.positional_embedding":
+        original = segment_anything_key(key)
+        if original is None:
             continue
-        original = key
-        mlp_hidden = re.match(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.(.+)$", key)
-        if mlp_hidden:
-            original = f"{mlp_hidden.group(1)}.layers.{int(mlp_hidden.group(2)) + 1}.{mlp_hidden.group(3)}"
-        else:
-            for pattern, replacement in renames:
-                original = re.sub(pattern, replacement, original)
         assert rename_sam_key(original) == key, (key, original)
         out[original] = value
     return out

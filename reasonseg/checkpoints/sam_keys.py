@@ -11,30 +11,35 @@ import re
 import torch
 from transformers import SamConfig
 
-# (pattern, replacement) applied in order to a key relative to the SAM root
-_RENAMES = [
-    (r"^image_encoder\.", "vision_encoder."),
-    (r"^vision_encoder\.patch_embed\.proj\.", "vision_encoder.patch_embed.projection."),
-    (r"^vision_encoder\.blocks\.(\d+)\.norm(\d)\.", r"vision_encoder.layers.\1.layer_norm\2."),
-    (r"^vision_encoder\.blocks\.", "vision_encoder.layers."),
-    (r"^vision_encoder\.neck\.0\.", "vision_encoder.neck.conv1."),
-    (r"^vision_encoder\.neck\.1\.", "vision_encoder.neck.layer_norm1."),
-    (r"^vision_encoder\.neck\.2\.", "vision_encoder.neck.conv2."),
-    (r"^vision_encoder\.neck\.3\.", "vision_encoder.neck.layer_norm2."),
-    (r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$", "shared_image_embedding.positional_embedding"),
-    (r"^prompt_encoder\.point_embeddings\.", "prompt_encoder.point_embed."),
-    (r"^prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
-    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-]
-_MLP_KEY = re.compile(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.(.+)$")
+from .key_renames import RenameTable
+
+# segment-anything name <-> SamModel name, relative to the SAM root; keys no rule names are the same in both
+SAM_KEYS = RenameTable([
+    ("image_encoder.patch_embed.proj.", "vision_encoder.patch_embed.projection."),
+    (r"image_encoder.blocks.{\d+}.norm{\d}.", r"vision_encoder.layers.{\d+}.layer_norm{\d}."),
+    ("image_encoder.blocks.", "vision_encoder.layers."),
+    ("image_encoder.neck.0.", "vision_encoder.neck.conv1."),
+    ("image_encoder.neck.1.", "vision_encoder.neck.layer_norm1."),
+    ("image_encoder.neck.2.", "vision_encoder.neck.conv2."),
+    ("image_encoder.neck.3.", "vision_encoder.neck.layer_norm2."),
+    ("image_encoder.", "vision_encoder."),
+    ("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", "shared_image_embedding.positional_embedding"),
+    ("prompt_encoder.point_embeddings.", "prompt_encoder.point_embed."),
+    ("prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    (r"mask_decoder.transformer.layers.{\d+}.norm{\d}.", r"mask_decoder.transformer.layers.{\d+}.layer_norm{\d}."),
+    ("mask_decoder.transformer.norm_final_attn.", "mask_decoder.transformer.layer_norm_final_attn."),
+    ("mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+])
+_MLP_HEAD = r"(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))"
+_MLP_KEY = re.compile(rf"^{_MLP_HEAD}\.layers\.(\d+)\.(.+)$")
+_NATIVE_MLP_KEY = re.compile(rf"^{_MLP_HEAD}\.(proj_in|proj_out|layers\.\d+)\.(.+)$")
+TIED_POSITIONAL_COPY = "prompt_encoder.shared_embedding.positional_embedding"
 
 
 def rename_sam_key(key: str, mlp_depth: int = 3) -> str:
@@ -43,8 +48,6 @@ def rename_sam_key(key: str, mlp_depth: int = 3) -> str:
     segment-anything's MLPs number their layers ``0..depth-1``; transformers names them ``proj_in``,
     ``layers.0..depth-3`` and ``proj_out``.
     """
-    for pattern, replacement in _RENAMES:
-        key = re.sub(pattern, replacement, key)
     match = _MLP_KEY.match(key)
     if match:
         prefix, index, rest = match.group(1), int(match.group(2)), match.group(3)
@@ -53,7 +56,19 @@ def rename_sam_key(key: str, mlp_depth: int = 3) -> str:
         if index == mlp_depth - 1:
             return f"{prefix}.proj_out.{rest}"
         return f"{prefix}.layers.{index - 1}.{rest}"
-    return key
+    return SAM_KEYS.to_native(key) or key
+
+
+def segment_anything_key(key: str, mlp_depth: int = 3) -> str | None:
+    """A ``SamModel`` key -> its segment-anything name (None for transformers' tied copy of the positional matrix)."""
+    if key == TIED_POSITIONAL_COPY:
+        return None
+    match = _NATIVE_MLP_KEY.match(key)
+    if match:
+        prefix, name, rest = match.groups()
+        index = 0 if name == "proj_in" else (mlp_depth - 1 if name == "proj_out" else int(name.split(".")[1]) + 1)
+        return f"{prefix}.layers.{index}.{rest}"
+    return SAM_KEYS.to_original(key) or key
 
 
 def convert_sam_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,7 +76,7 @@ def convert_sam_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     converted = {rename_sam_key(k): v for k, v in state_dict.items()}
     shared = converted.get("shared_image_embedding.positional_embedding")
     if shared is not None:
-        converted["prompt_encoder.shared_embedding.positional_embedding"] = shared
+        converted[TIED_POSITIONAL_COPY] = shared
     return converted
 
 
