@@ -22,16 +22,7 @@ def assign_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], dtype:
     :class:`CheckpointError` naming missing or unexpected keys. Non-persistent buffers that were left on ``meta``
     (rotary tables) are rebuilt on the CPU.
     """
-    current = model.state_dict()
-    unexpected = sorted(set(tensors) - set(current))
-    missing = sorted(k for k, v in current.items() if v.is_meta and k not in tensors)
-    if unexpected or missing:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
+    check_tensors_fit(model, tensors, "checkpoint")
     cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(cast, strict=False, assign=True)
     _tie_shared_sam_embedding(model)
@@ -55,3 +46,19 @@ def rebuild_meta_buffers(model: nn.Module, device: str | torch.device = "cpu") -
                 rebuilt = type(module)(config=config)
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, rebuilt)
+
+
+def check_tensors_fit(model, tensors, what: str) -> dict:
+    """Raise one line when ``tensors`` name parameters ``model`` lacks, or leave some of its meta ones unfilled;
+    returns the model's state dict."""
+    current = model.state_dict()
+    unexpected = sorted(set(tensors) - set(current))
+    missing = sorted(k for k, v in current.items() if v.is_meta and k not in tensors)
+    if unexpected or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
+    return current

@@ -438,18 +438,9 @@ def load_sa2va_checkpoint(directory: str | Path, dtype: torch.dtype = torch.floa
 
 def assign_tensors(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Put ``tensors`` in place of the meta parameters, cast to ``dtype`` (float32 for :data:`FLOAT32_PREFIXES`)."""
-    from .materialize import rebuild_meta_buffers
+    from .materialize import check_tensors_fit, rebuild_meta_buffers
 
-    current = model.state_dict()
-    unexpected = sorted(set(tensors) - set(current))
-    missing = sorted(k for k, v in current.items() if v.is_meta and k not in tensors)
-    if unexpected or missing:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError("Sa2VA checkpoint does not match the model: " + "; ".join(parts))
+    current = check_tensors_fit(model, tensors, "Sa2VA checkpoint")
     for key in list(tensors):
         value = tensors[key]
         if not value.is_floating_point():

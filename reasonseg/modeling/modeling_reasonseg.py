@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_reasonseg import ReasonSegConfig
-from .multimodal_inputs import SplicedInputs, splice_image_features
+from .multimodal_inputs import SplicedInputs
 from .placement import execution_device, parameter_dtype
 from .projector import build_projector
 from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings, upscale_mask_logits
@@ -86,27 +86,6 @@ class ReasonSegForCausalLM(LanguageModelDelegation, SegmentationPass, ReasonSegP
         return sam_image_embeddings(self.sam, sam_pixel_values.to(execution_device(self.sam.vision_encoder)))
 
     # ---- text side ----
-    def splice_inputs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_features: torch.Tensor | None,
-        image_indices: list[int] | None,
-        padding_side: str = "right",
-    ) -> SplicedInputs:
-        embedding = self.get_input_embeddings()
-        input_ids = input_ids.to(execution_device(embedding))
-        token_embeddings = embedding(input_ids.clamp(min=0))
-        return splice_image_features(
-            token_embeddings,
-            input_ids,
-            attention_mask.to(input_ids.device),
-            image_features,
-            image_indices,
-            self.config.image_token_index,
-            padding_side,
-        )
-
     def seg_token_locations(self, input_ids: torch.Tensor, spliced: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, expanded positions) of the hidden states that feed each [SEG] of ``input_ids``, in reading order.
 

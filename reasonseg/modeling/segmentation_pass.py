@@ -6,15 +6,39 @@ from __future__ import annotations
 import torch
 
 from .losses import mask_losses, token_cross_entropy
+from .multimodal_inputs import SplicedInputs, splice_image_features
+from .placement import execution_device
 
 
 class SegmentationPass:
-    """Mixed into a model that has ``splice_inputs``, ``decoder``, ``get_output_embeddings``,
+    """Mixed into a model that has ``decoder``, ``get_output_embeddings``,
     ``seg_token_locations``, ``encode_sam_images``, ``masks_from_seg_hidden`` and ``config`` (loss weights), and
     says how its SAM embeddings split per image (:meth:`sam_embeddings_per_image`)."""
 
     def sam_embeddings_per_image(self, embeddings) -> list:
         raise NotImplementedError
+
+    def splice_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features,
+        image_indices: list[int] | None,
+        padding_side: str = "right",
+    ) -> SplicedInputs:
+        """Token embeddings with each conversation's image features in place of its image token."""
+        embedding = self.get_input_embeddings()
+        input_ids = input_ids.to(execution_device(embedding))
+        token_embeddings = embedding(input_ids.clamp(min=0))
+        return splice_image_features(
+            token_embeddings,
+            input_ids,
+            attention_mask.to(input_ids.device),
+            image_features,
+            image_indices,
+            self.config.image_token_index,
+            padding_side,
+        )
 
     def segmentation_pass(self, input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
                           sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks, return_logits):

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, Sam2Model
 
 from ..modeling_reasonseg import ReasonSegOutput
-from ..multimodal_inputs import SplicedInputs, splice_image_features
+from ..multimodal_inputs import SplicedInputs
 from ..placement import execution_device, parameter_dtype
 from ..sam import upscale_mask_logits
 from ..seg_projection import SegProjection
@@ -117,27 +117,6 @@ class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTraine
         return sam2_image_features(self.sam, sam_pixel_values)
 
     # ---- text side ----
-    def splice_inputs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_features,
-        image_indices: list[int] | None,
-        padding_side: str = "right",
-    ) -> SplicedInputs:
-        embedding = self.get_input_embeddings()
-        input_ids = input_ids.to(execution_device(embedding))
-        token_embeddings = embedding(input_ids.clamp(min=0))
-        return splice_image_features(
-            token_embeddings,
-            input_ids,
-            attention_mask.to(input_ids.device),
-            image_features,
-            image_indices,
-            self.config.image_token_index,
-            padding_side,
-        )
-
     def seg_token_locations(self, input_ids: torch.Tensor, spliced: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, expanded positions) of the hidden states feeding each [SEG]: at the [SEG] (Sa2VA) or before it."""
         rows, cols = torch.nonzero(input_ids == self.config.seg_token_id, as_tuple=True)
