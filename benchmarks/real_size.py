@@ -31,8 +31,12 @@ ViT-L width with 12 layers; 2.62 GB of weights (2.32 GB LISA shards + 0.30 GB CL
 
 Where the memory goes (bf16): 0.40 GB of imports, the weights (memory-mapped, resident once read), and 1.4 GB more,
 most of it (1.2 GB, measured on one block alone) the activations of SAM ViT-H's global attention on one 1024 x 1024
-image (4096 tokens x 16 heads, softmax in fp32); neither shrinks with ``--scale``. At full size that fixed part is about a tenth of the 14.9 GB of weights: expected peak about
-(14.9 + 1.4 + 0.4) / 14.9 = 1.12 x, not measured here. The 8-bit load converts the LISA layout to a native
+image (4096 tokens x 16 heads, softmax in fp32); neither shrinks with ``--scale``. At full size that fixed part is about a tenth of the 14.9 GB of weights, and the full-size
+run (2026-11-23, machine otherwise idle, ``--skip-8bit --new-tokens 8``) measured:
+
+    bf16  load 0.7 s | CLIP 8.0 s | SAM enc. 23.2 s | prefill 13.4 s | decode 0.745 s/token
+          same process: prefill 11.35 s vs bare 11.62 s; decode 0.930 vs bare 0.781 s/token (x1.19)
+          peak RSS 16.82 GB = 1.13 x the 14.90 GB of weights The 8-bit load converts the LISA layout to a native
 checkpoint once (in the same process, counted in its load time and peak) and quantises the language model with
 bitsandbytes; on a CPU, int8 is not faster than bf16.
 """
