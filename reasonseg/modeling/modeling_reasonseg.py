@@ -18,7 +18,7 @@ from .configuration_reasonseg import ReasonSegConfig
 from .multimodal_inputs import SplicedInputs
 from .placement import execution_device, parameter_dtype
 from .projector import build_projector
-from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings, upscale_mask_logits
+from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings
 from .seg_projection import SegProjection
 from .language_delegation import LanguageModelDelegation
 from .segmentation_pass import SegmentationPass
@@ -100,24 +100,14 @@ class ReasonSegForCausalLM(LanguageModelDelegation, SegmentationPass, ReasonSegP
         return rows, positions
 
     # ---- mask side ----
-    def masks_from_seg_hidden(
-        self,
-        seg_hidden_states: torch.Tensor,
-        image_embedding: torch.Tensor,
-        resized_size: tuple[int, int],
-        original_size: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All [SEG] states of one image -> (mask logits ``[n, H, W]``, low-res logits, predicted IoU, prompts)."""
-        prompts = self.seg_projection(seg_hidden_states.to(execution_device(self.seg_projection)))
+    def decode_prompt_masks(self, image_embedding: torch.Tensor, prompts: torch.Tensor):
         sam_device = execution_device(self.sam.mask_decoder)
-        if prompts.shape[0] == 0:
-            empty = torch.zeros((0, *original_size), dtype=torch.float32, device=sam_device)
-            return empty, empty.new_zeros((0, 0, 0)), empty.new_zeros((0,)), prompts
-        low_res, iou = decode_seg_masks(
-            self.sam, image_embedding.to(sam_device), prompts.to(sam_device), self.config.mask_selection
-        )
-        image_size = self.config.sam_config.vision_config.image_size
-        return upscale_mask_logits(low_res, resized_size, original_size, image_size), low_res, iou, prompts
+        return decode_seg_masks(self.sam, image_embedding.to(sam_device), prompts.to(sam_device),
+                                self.config.mask_selection)
+
+    @property
+    def sam_input_size(self) -> int:
+        return self.config.sam_config.vision_config.image_size
 
     # ---- the full forward (training and LISA's forced-[SEG] validation) ----
     def forward(

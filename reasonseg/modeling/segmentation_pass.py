@@ -8,15 +8,41 @@ import torch
 from .losses import mask_losses, token_cross_entropy
 from .multimodal_inputs import SplicedInputs, splice_image_features
 from .placement import execution_device
+from .sam import upscale_mask_logits
 
 
 class SegmentationPass:
     """Mixed into a model that has ``decoder``, ``get_output_embeddings``,
-    ``seg_token_locations``, ``encode_sam_images``, ``masks_from_seg_hidden`` and ``config`` (loss weights), and
-    says how its SAM embeddings split per image (:meth:`sam_embeddings_per_image`)."""
+    ``seg_token_locations``, ``encode_sam_images``, ``seg_projection`` and ``config``, and says how its SAM
+    embeddings split per image (:meth:`sam_embeddings_per_image`), how its SAM decodes prompt embeddings
+    (:meth:`decode_prompt_masks`) and the side of SAM's input (:attr:`sam_input_size`)."""
 
     def sam_embeddings_per_image(self, embeddings) -> list:
         raise NotImplementedError
+
+    def decode_prompt_masks(self, image_embedding, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, C]`` prompts on one image -> low-res mask logits ``[n, h, w]`` and predicted IoU ``[n]``."""
+        raise NotImplementedError
+
+    @property
+    def sam_input_size(self) -> int:
+        raise NotImplementedError
+
+    def masks_from_seg_hidden(
+        self,
+        seg_hidden_states: torch.Tensor,
+        image_embedding,
+        resized_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All [SEG] states of one image -> (mask logits ``[n, H, W]``, low-res logits, predicted IoU, prompts)."""
+        prompts = self.seg_projection(seg_hidden_states.to(execution_device(self.seg_projection)))
+        if prompts.shape[0] == 0:
+            sam_device = execution_device(self.sam.mask_decoder)
+            empty = torch.zeros((0, *original_size), dtype=torch.float32, device=sam_device)
+            return empty, empty.new_zeros((0, 0, 0)), empty.new_zeros((0,)), prompts
+        low_res, iou = self.decode_prompt_masks(image_embedding, prompts)
+        return upscale_mask_logits(low_res, resized_size, original_size, self.sam_input_size), low_res, iou, prompts
 
     def splice_inputs(
         self,

@@ -21,7 +21,6 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, Sam2M
 from ..modeling_reasonseg import ReasonSegOutput
 from ..multimodal_inputs import SplicedInputs
 from ..placement import execution_device, parameter_dtype
-from ..sam import upscale_mask_logits
 from ..seg_projection import SegProjection
 from .configuration_sa2va import Sa2VAConfig
 from .sam2 import Sam2ImageFeatures, decode_sam2_masks, sam2_image_features
@@ -126,25 +125,13 @@ class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTraine
         return rows, positions
 
     # ---- mask side ----
-    def masks_from_seg_hidden(
-        self,
-        seg_hidden_states: torch.Tensor,
-        image_embedding: Sam2ImageFeatures,
-        resized_size: tuple[int, int],
-        original_size: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All [SEG] states of one image -> (mask logits ``[n, H, W]``, low-res logits, predicted IoU, prompts).
+    def decode_prompt_masks(self, image_embedding: Sam2ImageFeatures, prompts: torch.Tensor):
+        return decode_sam2_masks(self.sam, image_embedding, prompts, self.config.mask_selection)
 
-        Low-res logits are resized bilinearly to SAM2's 1024x1024 input, then to the original size (the SAM2
-        input is the squashed image, so ``resized_size`` is the full 1024x1024 and nothing is cropped)."""
-        prompts = self.seg_projection(seg_hidden_states.to(execution_device(self.seg_projection)))
-        sam_device = execution_device(self.sam.mask_decoder)
-        if prompts.shape[0] == 0:
-            empty = torch.zeros((0, *original_size), dtype=torch.float32, device=sam_device)
-            return empty, empty.new_zeros((0, 0, 0)), empty.new_zeros((0,)), prompts
-        low_res, iou = decode_sam2_masks(self.sam, image_embedding, prompts, self.config.mask_selection)
-        image_size = self.config.sam_config.prompt_encoder_config.image_size
-        return upscale_mask_logits(low_res, resized_size, original_size, image_size), low_res, iou, prompts
+    @property
+    def sam_input_size(self) -> int:
+        """SAM2's 1024x1024 input: the squashed image, so ``resized_size`` is all of it and nothing is cropped."""
+        return self.config.sam_config.prompt_encoder_config.image_size
 
     # ---- the full forward (training, teacher-forced checks) ----
     def forward(
