@@ -53,3 +53,21 @@ def script_answers(model, processor, script: list[int]) -> ScriptedHead:
     head = ScriptedHead(script, model.config.text_config.vocab_size, processor.eos_token_id)
     model.language_model.lm_head = head
     return head
+
+
+def teacher_forced_forward(model, processor, image, prompt: str, answer_ids: list[int]):
+    """The full forward (as in training) over ``prompt`` plus an answer's tokens; returns (output, ids, inputs)."""
+    inputs = processor.preprocess_image(image)
+    prompt_ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=inputs.pixel_values,
+            sam_pixel_values=inputs.sam_pixel_values,
+            resized_sizes=[inputs.resized_size],
+            original_sizes=[inputs.original_size],
+            return_logits=False,
+        )
+    return out, ids, inputs

@@ -9,7 +9,7 @@ import torch
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import script_answers
+from .conftest import script_answers, teacher_forced_forward
 
 PROMPT = "What is the red circle in this image? Please output segmentation mask."
 
@@ -92,19 +92,7 @@ def test_seg_states_equal_a_teacher_forced_forward(tiny, rgb_image):
     script = [5, seg_id, 9, seg_id]
     script_answers(model, processor, script)
     prediction = Segmenter(model, processor).predict(rgb_image, PROMPT, max_new_tokens=6)
-    inputs = processor.preprocess_image(rgb_image)
-    prompt_ids = processor.encode(processor.conversation_prompt([(PROMPT, None)]))
-    ids = torch.tensor([prompt_ids + prediction.token_ids])
-    with torch.no_grad():
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=inputs.pixel_values,
-            sam_pixel_values=inputs.sam_pixel_values,
-            resized_sizes=[inputs.resized_size],
-            original_sizes=[inputs.original_size],
-            return_logits=False,
-        )
+    out, _, _ = teacher_forced_forward(model, processor, rgb_image, PROMPT, prediction.token_ids)
     assert len(out.pred_masks[0]) == 2
     np.testing.assert_allclose(out.pred_masks[0].numpy(), np.stack(prediction.mask_logits), atol=1e-5, rtol=0)
 

@@ -19,7 +19,7 @@ from PIL import Image
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import script_answers
+from .conftest import script_answers, teacher_forced_forward
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sa2va_ref_tiny"
 PROMPT = "Please segment the blood vessel."
@@ -151,24 +151,14 @@ def test_seg_state_is_taken_at_the_seg_position(tiny_sa2va, wide_image):
     seg_id = processor.seg_token_id
     script_answers(model, processor, [45, seg_id, 49, processor.eos_token_id])
     prediction = Segmenter(model, processor).predict(wide_image, PROMPT, max_new_tokens=6)
-    inputs = processor.preprocess_image(wide_image)
-    prompt_ids = processor.encode(processor.conversation_prompt([(PROMPT, None)]))
-    ids = torch.tensor([prompt_ids + prediction.token_ids])
+    out, ids, inputs = teacher_forced_forward(model, processor, wide_image, PROMPT, prediction.token_ids)
+    prompt_length = ids.shape[1] - len(prediction.token_ids)
     with torch.no_grad():
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=inputs.pixel_values,
-            sam_pixel_values=inputs.sam_pixel_values,
-            resized_sizes=[inputs.resized_size],
-            original_sizes=[inputs.original_size],
-            return_logits=False,
-        )
         features = model.encode_images(inputs.pixel_values)
         spliced = model.splice_inputs(ids, torch.ones_like(ids), features, [0])
         hidden = model.decoder(inputs_embeds=spliced.inputs_embeds).last_hidden_state[0]
-    position = int(spliced.token_positions[0, len(prompt_ids) + 1])
-    assert int(ids[0, len(prompt_ids) + 1]) == seg_id
+    position = int(spliced.token_positions[0, prompt_length + 1])
+    assert int(ids[0, prompt_length + 1]) == seg_id
     np.testing.assert_allclose(out.seg_hidden_states[0].numpy(), hidden[position].numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(out.pred_masks[0].numpy(), np.stack(prediction.mask_logits), atol=1e-5, rtol=0)
 
