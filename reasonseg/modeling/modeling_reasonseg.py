@@ -7,12 +7,8 @@
                                       +----------------> SAM mask decoder <-------------+ -> upscale -> mask logits
 """
 
-
-from dataclasses import dataclass
-
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import ModelOutput
 
 from .configuration_reasonseg import ReasonSegConfig
 from .multimodal_inputs import SplicedInputs
@@ -21,28 +17,7 @@ from .projector import build_projector
 from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings
 from .seg_projection import SegProjection
 from .language_delegation import LanguageModelDelegation
-from .segmentation_pass import SegmentationPass
-
-
-@dataclass
-class ReasonSegOutput(ModelOutput):
-    """Output of :meth:`ReasonSegForCausalLM.forward`.
-
-    pred_masks: per image, ``[n_i, H_i, W_i]`` float32 mask logits at the original size (one per [SEG], in order);
-    seg_hidden_states ``[n, hidden]`` and seg_embeddings ``[n, prompt_dim]``: for every [SEG] of the batch.
-    """
-
-    loss: torch.Tensor | None = None
-    ce_loss: torch.Tensor | None = None
-    mask_bce_loss: torch.Tensor | None = None
-    mask_dice_loss: torch.Tensor | None = None
-    mask_loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    pred_masks: list[torch.Tensor] | None = None
-    low_res_masks: list[torch.Tensor] | None = None
-    iou_predictions: list[torch.Tensor] | None = None
-    seg_hidden_states: torch.Tensor | None = None
-    seg_embeddings: torch.Tensor | None = None
+from .segmentation_pass import ReasonSegOutput, SegmentationPass
 
 
 class ReasonSegPreTrainedModel(PreTrainedModel):

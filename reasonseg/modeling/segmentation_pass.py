@@ -3,12 +3,36 @@ language model, take the state feeding each [SEG], decode one mask per [SEG] wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from transformers.utils import ModelOutput
 
 from .losses import mask_losses, token_cross_entropy
 from .multimodal_inputs import SplicedInputs, splice_image_features
 from .placement import execution_device
 from .sam import upscale_mask_logits
+
+
+@dataclass
+class ReasonSegOutput(ModelOutput):
+    """Output of the segmentation pass (``forward`` of both model classes).
+
+    pred_masks: per image, ``[n_i, H_i, W_i]`` float32 mask logits at the original size (one per [SEG], in order);
+    seg_hidden_states ``[n, hidden]`` and seg_embeddings ``[n, prompt_dim]``: for every [SEG] of the batch.
+    """
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    mask_bce_loss: torch.Tensor | None = None
+    mask_dice_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_masks: list[torch.Tensor] | None = None
+    low_res_masks: list[torch.Tensor] | None = None
+    iou_predictions: list[torch.Tensor] | None = None
+    seg_hidden_states: torch.Tensor | None = None
+    seg_embeddings: torch.Tensor | None = None
 
 
 class SegmentationPass:
@@ -68,8 +92,6 @@ class SegmentationPass:
 
     def segmentation_pass(self, input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
                           sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks, return_logits):
-        from .modeling_reasonseg import ReasonSegOutput
-
         if image_indices is None:
             image_indices = list(range(input_ids.shape[0]))
         spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
