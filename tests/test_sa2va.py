@@ -1,5 +1,6 @@
 """Sa2VA beyond the parity fixture: processor rules, chat sessions (features and KV cache reused), several [SEG]s in
-one decoder call, native save/load, precision and quantisation, InternLM2 mapping, device maps, and errors.
+one decoder call, stop tokens, native save/load, precision and quantisation, InternLM2 mapping, device maps, and
+errors.
 
 Tiny config-built models (``reasonseg.modeling.sa2va.tiny``) need nothing else; tests that use the Sa2VA reference
 checkpoint (``../shared/fixtures/sa2va_ref_tiny``) skip when it is absent.
@@ -238,6 +239,94 @@ def test_second_question_equals_fresh_decoding_of_the_conversation(tiny_sa2va, w
                           spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids, max_new_tokens=5,
                           eos_token_id=processor.eos_token_id, use_cache=False)
     assert fresh.new_ids[0] == second.token_ids
+
+
+def _endoftext_after(model, token_id: int, calls_before: int):
+    """Bias the real lm_head so that ``token_id`` is the argmax from its ``calls_before + 1``-th call on."""
+    calls = {"n": 0}
+
+    def bias(module, args, output):
+        calls["n"] += 1
+        if calls["n"] <= calls_before:
+            return output
+        biased = output.clone()
+        biased[..., token_id] += 1e4
+        return biased
+
+    return model.get_output_embeddings().register_forward_hook(bias)
+
+
+def test_decoding_stops_at_endoftext_as_sa2va_does(tiny_sa2va, square_image):
+    """Sa2VA's qwen_chat template stops at <|im_end|> and at <|endoftext|>; reasonseg passes both to the decoder."""
+    model, processor = tiny_sa2va
+    vocab = processor.tokenizer.get_vocab()
+    im_end, endoftext = vocab["<|im_end|>"], vocab["<|endoftext|>"]
+    assert processor.eos_token_id == im_end and processor.stop_token_ids == {im_end, endoftext}
+    segmenter = Segmenter(model, processor)
+    free = segmenter.predict(square_image, PROMPT, max_new_tokens=6)
+    assert len(free.token_ids) == 6 and not {im_end, endoftext} & set(free.token_ids)
+
+    handle = _endoftext_after(model, endoftext, 2)
+    stopped = segmenter.predict(square_image, PROMPT, max_new_tokens=6)
+    assert stopped.token_ids == free.token_ids[:2] + [endoftext]
+    assert stopped.text == processor.decode(free.token_ids[:2])
+
+    # the decoding loop itself: several stop ids (list, tuple, set) end a row at the first one produced; the single
+    # template stop id alone runs on past <|endoftext|> to max_new_tokens
+    inputs = processor.preprocess_image(square_image)
+    ids = torch.tensor([processor.encode(processor.conversation_prompt([(PROMPT, None)]))])
+    with torch.no_grad():
+        features = model.encode_images(inputs.pixel_values)
+    spliced = model.splice_inputs(ids, torch.ones_like(ids), features, [0], padding_side="left")
+    got = {}
+    for name, stops in [("list", [im_end, endoftext]), ("tuple", (endoftext, im_end)), ("set", {im_end, endoftext}),
+                        ("int", im_end)]:
+        handle.remove()
+        handle = _endoftext_after(model, endoftext, 2)
+        result = greedy_decode(model.decoder, model.get_output_embeddings(), model.get_input_embeddings(),
+                               spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids, max_new_tokens=5,
+                               eos_token_id=stops)
+        got[name] = result.new_ids[0]
+    handle.remove()
+    assert got["list"] == got["tuple"] == got["set"] == free.token_ids[:2] + [endoftext]
+    assert got["int"] == free.token_ids[:2] + [endoftext] * 3
+
+
+def test_answer_ended_by_endoftext_is_closed_with_im_end_in_chat(tiny_sa2va, square_image):
+    """The next turn continues xtuner's format (answer, <|im_end|>, separator, question): the unfed <|endoftext|>
+    is replaced by <|im_end|>; a [SEG] before it still gives its mask, and force_seg replaces the stop token."""
+    model, processor = tiny_sa2va
+    endoftext = processor.tokenizer.get_vocab()["<|endoftext|>"]
+    im_end, seg_id = processor.eos_token_id, processor.seg_token_id
+    script_answers(model, processor, [45, seg_id, endoftext, 47, endoftext])
+    prefills = []
+    decoder_forward = model.decoder.forward
+
+    def decoder(*args, **kwargs):
+        prefills.append(kwargs["inputs_embeds"].detach().clone())
+        return decoder_forward(*args, **kwargs)
+
+    model.decoder.forward = decoder
+    session = Segmenter(model, processor).chat(square_image)
+    first = session.ask(PROMPT, max_new_tokens=6)
+    assert first.token_ids == [45, seg_id, endoftext] and first.num_masks == 1 and first.text.endswith("[SEG]")
+    calls = len(prefills)
+    second = session.ask("And the other one?", max_new_tokens=6, force_seg=True)
+    expected = torch.tensor([[im_end] + processor.continuation_ids("And the other one?")])
+    with torch.no_grad():
+        torch.testing.assert_close(prefills[calls], model.get_input_embeddings()(expected), atol=0, rtol=0)
+    assert second.token_ids == [47, seg_id] and second.seg_forced and second.num_masks == 1
+    model.decoder.forward = decoder_forward
+
+
+def test_lisa_decoding_still_stops_at_its_eos(tiny, rgb_image):
+    model, processor = tiny
+    eos = processor.eos_token_id
+    assert processor.stop_token_ids == {eos}
+    script_answers(model, processor, [45, 46, eos, 47, 48])
+    assert Segmenter(model, processor).predict(rgb_image, "the circle", max_new_tokens=6).token_ids == [45, 46, eos]
+    script_answers(model, processor, [45, 46, 47, 48, 49, 50])
+    assert Segmenter(model, processor).predict(rgb_image, "the circle", max_new_tokens=4).token_ids == [45, 46, 47, 48]
 
 
 def test_predict_batch_with_different_tile_counts_equals_predict(tiny_sa2va, wide_image, square_image):

@@ -40,6 +40,7 @@ from ..inference.sharding import (
     result_paths,
     wait_for_everyone,
 )
+from ..processing.processing_reasonseg import batch_pixel_values
 from .datasets import EvalDataset, EvalItem, load_dataset, parse_data_spec
 from .metrics import iou_from, mask_intersection_union
 
@@ -86,8 +87,9 @@ def forced_predictions(model, processor, images: list, rows: list[tuple[int, str
     """LISA's forced-[SEG] masks for a batch of conversations, with the model's public methods.
 
     Args:
-        model: a :class:`~reasonseg.modeling.modeling_reasonseg.ReasonSegForCausalLM` (``config.seg_token_id`` set).
-        processor: its :class:`~reasonseg.processing.processing_reasonseg.ReasonSegProcessor`.
+        model: a :class:`~reasonseg.modeling.modeling_reasonseg.ReasonSegForCausalLM` or a Sa2VA model
+            (``config.seg_token_id`` set).
+        processor: its :class:`~reasonseg.processing.processing_reasonseg.ReasonSegProcessor` (or Sa2VA processor).
         images: RGB PIL images; each is encoded once (vision tower and SAM) however many rows ask about it.
         rows: ``(image index, user turn, assistant answer)``; the answer holds the [SEG]s (LISA: ``"[SEG]."``).
 
@@ -100,7 +102,7 @@ def forced_predictions(model, processor, images: list, rows: list[tuple[int, str
     if seg_id is None:
         raise InputError("the model has no [SEG] token id; load it through Segmenter.from_pretrained")
     inputs = [processor.preprocess_image(image) for image in images]
-    features = model.encode_images(torch.cat([i.pixel_values for i in inputs]))
+    features = model.encode_images(batch_pixel_values([i.pixel_values for i in inputs]))
     sam_embeddings = model.encode_sam_images(torch.cat([i.sam_pixel_values for i in inputs]))
     id_lists = [processor.encode(processor.conversation_prompt([(question, answer)])) for _, question, answer in rows]
     longest = max(len(ids) for ids in id_lists)

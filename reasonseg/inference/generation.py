@@ -7,6 +7,7 @@ beyond one ``[hidden]`` vector per step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from transformers import DynamicCache
 
 @dataclass
 class DecodeResult:
-    """new_ids: generated ids per row (EOS included when produced);
+    """new_ids: generated ids per row (the stop token included when produced);
     step_states: per row ``[steps, hidden]`` float32, row ``t`` = the state that predicted ``new_ids[t]``;
     cache: the KV cache holding the prompt and every generated token but the last;
     next_positions ``[B]``: the position of that last, not yet fed, token; attention_mask: the mask of the cache."""
@@ -38,6 +39,15 @@ def _decoder_step(decoder, embeds, attention_mask, position_ids, cache):
     return out.last_hidden_state
 
 
+def stop_id_list(stop_ids: int | Iterable[int] | None) -> list[int]:
+    """One stop id, several (a list, tuple or set) or none -> a sorted list without repeats or ``None``s."""
+    if stop_ids is None:
+        return []
+    if not isinstance(stop_ids, Iterable):  # an int (or a numpy integer)
+        return [int(stop_ids)]
+    return sorted({int(i) for i in stop_ids if i is not None})
+
+
 @torch.no_grad()
 def greedy_decode(
     decoder,
@@ -47,7 +57,7 @@ def greedy_decode(
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Iterable[int] | None,
     cache=None,
     use_cache: bool = True,
 ) -> DecodeResult:
@@ -55,6 +65,8 @@ def greedy_decode(
 
     inputs_embeds ``[B, T, H]``, attention_mask / position_ids ``[B, T]``: the new input (the whole prompt, or a
     continuation when ``cache`` already holds earlier turns; then attention_mask covers cache + input).
+    ``eos_token_id``: the stop token, or several (a row ends at the first of them it produces; Sa2VA's Qwen
+    template stops at ``<|im_end|>`` and ``<|endoftext|>``); ``None`` decodes ``max_new_tokens`` tokens.
     ``use_cache=False`` recomputes the whole sequence every step (the reference behaviour, kept for checking).
     """
     batch = inputs_embeds.shape[0]
@@ -64,6 +76,8 @@ def greedy_decode(
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     states: list[list[torch.Tensor]] = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    stops = stop_id_list(eos_token_id)
+    stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
     next_positions = position_ids[:, -1] + 1
 
     step_embeds, step_positions, full_mask = inputs_embeds, position_ids, attention_mask
@@ -79,8 +93,8 @@ def greedy_decode(
             if not finished[row]:
                 new_ids[row].append(int(token[row]))
                 states[row].append(last[row].float())
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
+        if stops:
+            finished |= torch.isin(token, stop_tensor.to(token.device))
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         step_embeds = embed_tokens(token.unsqueeze(1)).to(inputs_embeds.dtype)

@@ -176,7 +176,7 @@ class Segmenter:
             spliced.attention_mask,
             spliced.position_ids,
             max_new_tokens,
-            processor.eos_token_id,
+            processor.stop_token_ids,
         )
         plans = [self._seg_plan(result.new_ids[r], forces[image]) for r, (image, _) in enumerate(rows)]
         fed = self._feed_rows(result, spliced, plans)
@@ -199,7 +199,7 @@ class Segmenter:
         step states followed by the states of ``fed`` (fed at the position of the answer's last token, which the
         cache does not hold yet).
         """
-        seg_id, eos = self.model.config.seg_token_id, self.processor.eos_token_id
+        seg_id, stops = self.model.config.seg_token_id, self.processor.stop_token_ids
         before = self.model.config.seg_hidden_position == "before"
         steps = len(new_ids)
         indices = [t for t, token in enumerate(new_ids) if token == seg_id]
@@ -211,10 +211,10 @@ class Segmenter:
             return _SegPlan(new_ids, [t + 1 for t in indices])
         if not force:
             return _SegPlan(new_ids, [])
-        ended = steps > 0 and new_ids[-1] == eos
+        ended = steps > 0 and new_ids[-1] in stops
         answer = new_ids[:-1] if ended else new_ids
         to_feed = ([] if ended else new_ids[-1:]) + [seg_id]
-        if before and ended:  # the state that predicted EOS predicts the [SEG] that replaces it
+        if before and ended:  # the state that predicted the stop token predicts the [SEG] that replaces it
             return _SegPlan(answer + [seg_id], [steps - 1], forced=True)
         if before:
             return _SegPlan(answer + [seg_id], [steps], fed=to_feed, forced=True)
@@ -361,7 +361,7 @@ class ChatSession:
             mask,
             positions,
             max_new_tokens,
-            processor.eos_token_id,
+            processor.stop_token_ids,
             cache=self._cache,
         )
         new_ids, states = result.new_ids[0], result.step_states[0]
@@ -376,7 +376,11 @@ class ChatSession:
             forced = True
         eos = processor.eos_token_id
         if eos is not None and (not new_ids or new_ids[-1] != eos):
-            self._pending_ids = self._pending_ids + [eos]  # close the assistant turn before the next question
+            # close the assistant turn before the next question; an answer that stopped at another stop token
+            # (Sa2VA's <|endoftext|>, not in the cache yet) is closed with the turn's end token in its place
+            if new_ids and new_ids[-1] in processor.stop_token_ids and self._pending_ids == new_ids[-1:]:
+                self._pending_ids = []
+            self._pending_ids = self._pending_ids + [eos]
 
         masks, _, scores, _ = model.masks_from_seg_hidden(
             seg_states, self.sam_embedding, self.inputs.resized_size, self.inputs.original_size
@@ -420,7 +424,7 @@ class ChatSession:
         """Append a [SEG] to an answer that has none (LISA's validation writes "[SEG]." for the model likewise)."""
         model, processor = self.segmenter.model, self.segmenter.processor
         seg_id = model.config.seg_token_id
-        ended = bool(new_ids) and new_ids[-1] == processor.eos_token_id
+        ended = bool(new_ids) and new_ids[-1] in processor.stop_token_ids
         answer = new_ids[:-1] if ended else new_ids
         # the cache holds everything but the last generated token
         to_feed = ([] if ended else new_ids[-1:]) + [seg_id]

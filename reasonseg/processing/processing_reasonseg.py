@@ -47,6 +47,14 @@ class ImageInputs:
     original_size: tuple[int, int]
 
 
+def batch_pixel_values(values: list[torch.Tensor]):
+    """Several images' vision inputs (each ``ImageInputs.pixel_values``) for ``encode_images``: one concatenated
+    tensor when they share a shape, else the list (Sa2VA: each image has its own number of tiles)."""
+    if len({tuple(v.shape) for v in values}) == 1:
+        return torch.cat(values)
+    return list(values)
+
+
 class ReasonSegProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor, settings: ProcessorSettings | None = None):
         self.tokenizer = tokenizer
@@ -63,6 +71,11 @@ class ReasonSegProcessor:
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """The ids that end an answer: the tokenizer's EOS (LISA's and LLaVA's generation stop there only)."""
+        return {self.eos_token_id} if self.eos_token_id is not None else set()
 
     @property
     def pad_token_id(self) -> int:

@@ -222,6 +222,9 @@ class Sa2VAProcessor:
 
     @property
     def stop_token_ids(self) -> set[int]:
+        """The ids that end an answer, as Sa2VA's ``predict_forward`` stops: the template's stop words that are
+        in the vocabulary (``qwen_chat``: ``<|im_end|>`` and ``<|endoftext|>``), the suffix token and the
+        tokenizer's EOS (its generation config)."""
         ids = {self.tokenizer.eos_token_id, self.eos_token_id}
         ids.update(self._vocab_id(word) for word in self.template.stop_words)
         return {i for i in ids if i is not None}
@@ -284,6 +287,25 @@ class Sa2VAProcessor:
             if chunk:
                 ids.extend(self.tokenizer.encode(chunk, add_special_tokens=False))
         return ids
+
+    def training_pieces(self, turns: list[tuple[str, str]]) -> list[tuple[list[int], bool]]:
+        """A finished conversation as Sa2VA (xtuner) tokenises it for training: per turn the instruction (with the
+        system prompt and the image in the first), the answer with the template's suffix (``<|im_end|>``) and the
+        separator, each tokenised alone; ``True`` marks the supervised pieces (the answers and their end token).
+
+        The ids are those of :meth:`encode` over :meth:`conversation_prompt` wherever the template's special tokens
+        split the text (they do for Sa2VA's templates), so the model trains on the prompts it is asked at inference."""
+        template, pieces = self.template, []
+        for index, (user, answer) in enumerate(turns):
+            instruction = template.instruction.format(input=self.user_message(user, index == 0), round=index + 1,
+                                                      bot_name="BOT")
+            if index == 0 and self.settings.system_message and template.system:
+                instruction = template.system.format(system=self.settings.system_message) + instruction
+            pieces.append((self.encode(instruction, add_bos=None if index == 0 else False), False))
+            pieces.append((self.encode(answer + template.suffix, add_bos=False), True))
+            if template.sep:
+                pieces.append((self.encode(template.sep, add_bos=False), False))
+        return pieces
 
     def expand_image_ids(self, ids: list[int], num_tiles: int, tokens_per_tile: int = 256) -> list[int]:
         """The ids Sa2VA itself tokenises: the placeholder spelled out as ``<IMG_CONTEXT>`` x (tokens per tile x tiles)."""

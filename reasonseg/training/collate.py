@@ -4,6 +4,11 @@ Label rule (LISA's ``collate_fn``): everything up to and including each turn's `
 (-100); the answer tokens and the closing separator (``</s>``) are supervised; padding and the image positions are
 -100. It is computed by rendering the conversation up to each open assistant turn and up to each finished one,
 so it holds for any template whose tokenisation of a prefix is a prefix of the whole.
+
+A processor with a training format of its own says so with ``training_pieces`` (Sa2VA: xtuner's, where each turn's
+instruction and the separator after an answer are unsupervised and the answer with its ``<|im_end|>`` supervised),
+and its pieces are used instead. Images with different vision-input shapes (Sa2VA's per-image tile counts) go to
+the model as a list.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..processing.processing_reasonseg import ReasonSegProcessor
+from ..processing.processing_reasonseg import ReasonSegProcessor, batch_pixel_values
 
 IGNORE_INDEX = -100
 
@@ -50,6 +55,12 @@ def pad_right(id_rows: list[list[int]], label_rows: list[list[int]], pad_token_i
 
 def encode_conversation(processor: ReasonSegProcessor, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a finished conversation."""
+    if hasattr(processor, "training_pieces"):
+        ids, labels = [], []
+        for piece, supervised in processor.training_pieces(turns):
+            ids.extend(piece)
+            labels.extend(piece if supervised else [IGNORE_INDEX] * len(piece))
+        return ids, labels
     ids = processor.encode(processor.conversation_prompt(turns))
     labels = [IGNORE_INDEX] * len(ids)
     for index in range(len(turns)):
@@ -106,7 +117,7 @@ class ReasonSegCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "pixel_values": torch.cat(pixel_values),
+            "pixel_values": batch_pixel_values(pixel_values),
             "sam_pixel_values": torch.cat(sam_pixel_values),
             "image_indices": image_indices,
             "resized_sizes": resized,

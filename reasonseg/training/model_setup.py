@@ -2,6 +2,10 @@
 
 Frozen: the vision tower, the projector, SAM's image and prompt encoders, and every embedding / lm_head row
 except those of tokens added for segmentation (``[SEG]`` and image start/end), whose gradients are masked.
+
+The same rule serves a Sa2VA model (``Sa2VAForCausalLM`` has the same attribute names): LoRA on its LLM,
+``text_hidden_fcs`` (``seg_projection``) and SAM2's mask decoder (with its ``conv_s0``/``conv_s1``) train, and
+InternViT, ``mlp1``, SAM2's image and prompt encoders stay frozen; only the ``[SEG]`` row of its vocabulary trains.
 """
 
 from __future__ import annotations

@@ -220,10 +220,13 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
     val_set = ValidationSet.load(config.val_data, config.val_max_samples) if config.val_data else None
-    model, processor = load_model_and_processor(
-        config.model, precision="fp32", device=str(accelerator.device),
-        load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
-    )
+    try:  # any supported checkpoint: reasonseg, LISA, Sa2VA (original layout or converted)
+        model, processor = load_model_and_processor(
+            config.model, precision="fp32", device=str(accelerator.device),
+            load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
+        )
+    except CheckpointError as err:
+        raise CheckpointError(f"training config model {config.model!r}: {err}") from None
     model = prepare_for_training(model, config, trainable_token_ids(processor))
     optimizer, scheduler = build_optimizer(model, config)
 
