@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast, SamModel
 
 from reasonseg.cli.main import main
-from reasonseg.training.sam_pretrain import draw_prompt_batch, load_sam_pretrain_config
+from reasonseg.modeling.sam import image_wide_positional_embeddings
+from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
@@ -57,6 +58,27 @@ def test_stage_trains_resumes_exactly_and_saves_a_loadable_model(tmp_path, stage
     assert len(log) == 4 and ("point_miou" in log[-1] or "val_token_accuracy" in log[-1])
     # a fresh run into a directory with checkpoints refuses instead of overwriting them
     assert main(args) == 1
+
+
+@pytest.mark.parametrize("gain", [5.0, 0.0])
+def test_toy_sam_cross_attention_starts_positional(gain):
+    """With the positional start, a prompt at any cell of the embedding grid attends most to that cell in the mask
+    decoder's first token-to-image attention (by position alone); transformers' random start finds few of them.
+    The random Fourier matrix stays fixed, as segment-anything keeps it."""
+    config = load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, f"positional_attention_gain={gain}"])
+    model = build_sam(config)
+    assert not model.shared_image_embedding.positional_embedding.requires_grad
+    grid = config.image_size // config.patch_size
+    attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    with torch.no_grad():
+        keys = attention.k_proj(image_wide_positional_embeddings(model, grid)[0].flatten(1).T)  # [grid*grid, d]
+        centres = (torch.arange(grid * grid) % grid + 0.5) / grid, (torch.arange(grid * grid) // grid + 0.5) / grid
+        points = model.shared_image_embedding(torch.stack(centres, dim=-1)[None, None])[0, 0]  # [grid*grid, C]
+        found = (attention.q_proj(points) @ keys.T).argmax(dim=-1) == torch.arange(grid * grid)
+    if gain:
+        assert found.float().mean() == 1.0
+    else:
+        assert found.float().mean() < 0.5
 
 
 def test_sam_prompts_are_inside_their_targets():

@@ -45,6 +45,10 @@ class SamPretrainConfig:
     embed_dim: int = 128
     decoder_mlp_dim: int = 512
     decoder_heads: int = 4
+    # the mask decoder's cross-attention starts positional: its query and key projections begin as one shared
+    # orthonormal projection times this gain, so a prompt attends to the image around it from the first step
+    # (0: transformers' random init). Without it a SAM trained from scratch outlines every object whatever the prompt.
+    positional_attention_gain: float = 5.0
     # optimisation
     steps: int = 2000
     batch_size: int = 8
@@ -110,7 +114,32 @@ def build_sam(config: SamPretrainConfig) -> SamModel:
     sam_config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder,
                            initializer_range=0.02)
     torch.manual_seed(config.seed)
-    return build_sam_model(sam_config)
+    model = build_sam_model(sam_config)
+    _init_like_segment_anything(model)
+    if config.positional_attention_gain:
+        _start_cross_attention_positional(model, config.positional_attention_gain)
+    return model
+
+
+def _init_like_segment_anything(model: SamModel) -> None:
+    """segment-anything's initialisation: PyTorch's layer defaults (N(0, 1) for the prompt and output-token
+    embeddings, where transformers uses std 0.02, which leaves the prompt tokens too faint to steer the decoder), and
+    the random Fourier positional matrix kept fixed, as segment-anything keeps it in a buffer."""
+    for module in model.modules():
+        if module is not model.shared_image_embedding and not list(module.children()) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    model.shared_image_embedding.positional_embedding.requires_grad_(False)
+
+
+def _start_cross_attention_positional(model: SamModel, gain: float) -> None:
+    for name, module in model.mask_decoder.named_modules():
+        if ("cross_attn" in name or name.endswith("final_attn_token_to_image")) and hasattr(module, "q_proj"):
+            inner, width = module.q_proj.weight.shape
+            projection = torch.linalg.qr(torch.randn(width, inner))[0].T  # [inner, width], orthonormal rows
+            with torch.no_grad():
+                for linear in (module.q_proj, module.k_proj):
+                    linear.weight.copy_(gain * projection)
+                    linear.bias.zero_()
 
 
 @dataclass
@@ -224,7 +253,7 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model = build_sam(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
