@@ -17,9 +17,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 QUANTIZATION_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "sam", "seg_projection", "language_model.lm_head"]
 SUPPORTED_KINDS = (
     "a reasonseg checkpoint (model_type 'reasonseg'), an original LISA checkpoint (LISAForCausalLM) "
-    "or a Sa2VA checkpoint (Sa2VAChatModel)"
+    "or a Sa2VA checkpoint (Sa2VAChatModel, Sa2VAChatModelQwen)"
 )
 SA2VA_KINDS = ("sa2va", "reasonseg_sa2va")
+SA2VA_QWEN_KINDS = ("sa2va_qwen", "reasonseg_sa2va_qwen")
 
 
 def parse_precision(precision: str) -> torch.dtype:
@@ -136,6 +137,11 @@ def load_model_and_processor(
     directory = locate_checkpoint(name_or_path)
     kind = checkpoint_kind(read_config(directory))
     quantization = quantization_config(load_in_8bit, load_in_4bit)
+    if kind in SA2VA_QWEN_KINDS and (quantization is not None or device_map is not None):
+        raise UnsupportedError(
+            "8/4-bit loading and device_map are not supported for Sa2VA's Qwen-VL variants yet; load them whole "
+            "(precision='bf16' halves the memory)"
+        )
 
     if kind == "lisa" and quantization is None and device_map is None:
         from .lisa import load_lisa_checkpoint
@@ -145,6 +151,10 @@ def load_model_and_processor(
         from .sa2va import load_sa2va_checkpoint
 
         model, processor = load_sa2va_checkpoint(directory, dtype=dtype)
+    elif kind == "sa2va_qwen":
+        from .sa2va_qwen import load_sa2va_qwen_checkpoint
+
+        model, processor = load_sa2va_qwen_checkpoint(directory, dtype=dtype)
     else:
         model_class, processor_class = ReasonSegForCausalLM, ReasonSegProcessor
         if kind == "lisa":
@@ -154,6 +164,10 @@ def load_model_and_processor(
 
             directory = converted_sa2va_cache(directory) if kind == "sa2va" else directory
             model_class, processor_class = native_sa2va_classes()
+        elif kind == "reasonseg_sa2va_qwen":
+            from .sa2va_qwen import native_sa2va_qwen_classes
+
+            model_class, processor_class = native_sa2va_qwen_classes()
         kwargs = {"dtype": dtype}
         if quantization is not None:
             # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16

@@ -22,10 +22,9 @@ from .state_dicts import iter_checkpoint_tensors, weight_files
 
 SA2VA_MODEL_TYPE = "sa2va_chat"
 NATIVE_MODEL_TYPE = "reasonseg_sa2va"
-SUPPORTED_ARCHITECTURES = ("Sa2VAChatModel",)
-KNOWN_UNSUPPORTED = {
-    "Sa2VAChatModelQwen": "the Qwen2.5-VL / Qwen3-VL based Sa2VA variants",
-}
+NATIVE_QWEN_MODEL_TYPE = "reasonseg_sa2va_qwen"
+QWEN_ARCHITECTURE = "Sa2VAChatModelQwen"  # loaded by checkpoints/sa2va_qwen.py
+SUPPORTED_ARCHITECTURES = ("Sa2VAChatModel", QWEN_ARCHITECTURE)
 SUPPORTED_LLMS = ("Qwen2ForCausalLM", "LlamaForCausalLM", "Phi3ForCausalLM", "InternLM2ForCausalLM")
 SAM_PREFIX = "grounding_encoder.sam2_model."
 # SAM2 parts used only to track objects through a video; a single image never reaches them
@@ -48,23 +47,22 @@ SAM2_IMAGE_SIZE = 1024
 
 # ---------------------------------------------------------------------------------------------------- recognition
 def sa2va_kind(config: dict) -> str | None:
-    """``"sa2va"`` (an original checkpoint), ``"reasonseg_sa2va"`` (converted), or None (not Sa2VA).
+    """``"sa2va"`` (an original InternVL-family checkpoint), ``"sa2va_qwen"`` (an original Qwen-VL-family one,
+    ``Sa2VAChatModelQwen``), ``"reasonseg_sa2va"`` / ``"reasonseg_sa2va_qwen"`` (converted), or None (not Sa2VA).
 
     Sa2VA variants reasonseg does not implement raise a one-line error naming the variant and what is supported,
     instead of running the checkpoint's remote code."""
-    if config.get("model_type") == NATIVE_MODEL_TYPE:
-        return NATIVE_MODEL_TYPE
+    if config.get("model_type") in (NATIVE_MODEL_TYPE, NATIVE_QWEN_MODEL_TYPE):
+        return config["model_type"]
     architectures = list(config.get("architectures") or [])
     is_sa2va = config.get("model_type") == SA2VA_MODEL_TYPE or any(a.startswith("Sa2VA") for a in architectures)
     if not is_sa2va:
         return None
-    for architecture in architectures:
-        if architecture in KNOWN_UNSUPPORTED:
-            raise UnsupportedError(
-                f"{architecture} ({KNOWN_UNSUPPORTED[architecture]}) is not supported yet; reasonseg runs Sa2VA "
-                f"checkpoints of architecture {', '.join(SUPPORTED_ARCHITECTURES)} (InternVL family: Sa2VA-1B/4B/8B/26B, "
-                "Sa2VA-InternVL3)"
-            )
+    if QWEN_ARCHITECTURE in architectures:
+        from .sa2va_qwen import check_sa2va_qwen_config
+
+        check_sa2va_qwen_config(config)
+        return "sa2va_qwen"
     if architectures and not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
         raise UnsupportedError(
             f"Sa2VA variant {', '.join(architectures)} is not supported; reasonseg runs "
@@ -345,7 +343,6 @@ def convert_sa2va_state_dict(tensors, config, source_llm: str = "Qwen2ForCausalL
     depths = {"iou_prediction_head": config.sam_config.mask_decoder_config.iou_head_depth, "default": 3}
     native: dict[str, torch.Tensor] = {}
     points: dict[int, torch.Tensor] = {}
-    vision_hidden = config.vision_config.hidden_size
     for key, tensor in tensors:
         if key.endswith("rotary_emb.inv_freq"):
             continue
@@ -373,7 +370,8 @@ def convert_sa2va_state_dict(tensors, config, source_llm: str = "Qwen2ForCausalL
             qkv = _QKV_PATTERN.match(key)
             if qkv:
                 layer, leaf = qkv.groups()
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.split(vision_hidden, dim=0)):
+                parts = tensor.split(config.vision_config.hidden_size, dim=0)
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), parts):
                     native[f"vision_tower.encoder.layer.{layer}.attention.{name}.{leaf}"] = part.clone()
                 continue
             new_key = INTERNVIT_KEYS.to_native(key)
@@ -471,7 +469,12 @@ def convert_sa2va_checkpoint(source: str | Path, out_dir: str | Path, dtype: tor
     if dtype is None:
         stored = read_config(source).get("torch_dtype") or "float32"
         dtype = getattr(torch, str(stored), torch.float32)
-    model, processor = load_sa2va_checkpoint(source, dtype=dtype)
+    if sa2va_kind(read_config(source)) == "sa2va_qwen":
+        from .sa2va_qwen import load_sa2va_qwen_checkpoint
+
+        model, processor = load_sa2va_qwen_checkpoint(source, dtype=dtype)
+    else:
+        model, processor = load_sa2va_checkpoint(source, dtype=dtype)
     return save_native(model, processor, out_dir)
 
 

@@ -19,7 +19,8 @@ class DecodeResult:
     """new_ids: generated ids per row (the stop token included when produced);
     step_states: per row ``[steps, hidden]`` float32, row ``t`` = the state that predicted ``new_ids[t]``;
     cache: the KV cache holding the prompt and every generated token but the last;
-    next_positions ``[B]``: the position of that last, not yet fed, token; attention_mask: the mask of the cache."""
+    next_positions ``[B]`` (``[3, B]`` for M-RoPE): the position of that last, not yet fed, token;
+    attention_mask: the mask of the cache."""
 
     new_ids: list[list[int]]
     step_states: list[torch.Tensor]
@@ -37,6 +38,11 @@ def _decoder_step(decoder, embeds, attention_mask, position_ids, cache):
         use_cache=cache is not None,
     )
     return out.last_hidden_state
+
+
+def first_row_position(next_positions: torch.Tensor) -> int:
+    """The next position of row 0 as one int (``[B]`` or M-RoPE's ``[3, B]``, whose axes agree after text)."""
+    return int(next_positions[..., 0].reshape(-1)[0])
 
 
 def stop_id_list(stop_ids: int | Iterable[int] | None) -> list[int]:
@@ -65,6 +71,8 @@ def greedy_decode(
 
     inputs_embeds ``[B, T, H]``, attention_mask / position_ids ``[B, T]``: the new input (the whole prompt, or a
     continuation when ``cache`` already holds earlier turns; then attention_mask covers cache + input).
+    position_ids may carry leading axes (Qwen-VL's M-RoPE: ``[3, B, T]``, temporal/height/width); each generated
+    token takes the last position + 1 on every axis, as a text token after the prompt does.
     ``eos_token_id``: the stop token, or several (a row ends at the first of them it produces; Sa2VA's Qwen
     template stops at ``<|im_end|>`` and ``<|endoftext|>``); ``None`` decodes ``max_new_tokens`` tokens.
     ``use_cache=False`` recomputes the whole sequence every step (the reference behaviour, kept for checking).
@@ -78,7 +86,7 @@ def greedy_decode(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     stops = stop_id_list(eos_token_id)
     stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
-    next_positions = position_ids[:, -1] + 1
+    next_positions = position_ids[..., -1] + 1
 
     step_embeds, step_positions, full_mask = inputs_embeds, position_ids, attention_mask
     all_embeds, all_positions = inputs_embeds, position_ids
@@ -98,12 +106,12 @@ def greedy_decode(
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         step_embeds = embed_tokens(token.unsqueeze(1)).to(inputs_embeds.dtype)
-        step_positions = next_positions.unsqueeze(1)
+        step_positions = next_positions.unsqueeze(-1)
         next_positions = next_positions + 1
         full_mask = torch.cat([full_mask, full_mask.new_ones((batch, 1))], dim=1)
         if not use_cache:
             all_embeds = torch.cat([all_embeds, step_embeds], dim=1)
-            all_positions = torch.cat([all_positions, step_positions], dim=1)
+            all_positions = torch.cat([all_positions, step_positions], dim=-1)
     return DecodeResult(
         new_ids=new_ids,
         step_states=[torch.stack(s) if s else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1])) for s in states],

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from ..processing.image_io import load_image
 from ..processing.processing_reasonseg import ReasonSegProcessor
-from .generation import greedy_decode
+from .generation import first_row_position, greedy_decode
 
 FORCED_NOTE = "(no [SEG] in the answer; mask forced)"
 
@@ -233,11 +233,13 @@ class Segmenter:
         model = self.model
         device = result.attention_mask.device
         prompt_length = spliced.attention_mask.shape[1]
-        first_positions = spliced.position_ids[:, -1] + 1
+        # positions may carry leading axes (M-RoPE: [3, B, T]); every axis advances alike after text
+        first_positions = spliced.position_ids[..., -1] + 1
         cache_mask = result.attention_mask.clone()
         feed_ids = torch.full((len(plans), width), self.processor.pad_token_id, dtype=torch.long, device=device)
         feed_mask = torch.zeros((len(plans), width), dtype=cache_mask.dtype, device=device)
-        positions = torch.zeros((len(plans), width), dtype=spliced.position_ids.dtype, device=device)
+        positions = torch.zeros((*spliced.position_ids.shape[:-2], len(plans), width),
+                                dtype=spliced.position_ids.dtype, device=device)
         for row, plan in enumerate(plans):
             if not plan.fed:
                 continue
@@ -246,9 +248,9 @@ class Segmenter:
             count = len(plan.fed)
             feed_ids[row, width - count :] = torch.tensor(plan.fed, device=device)
             feed_mask[row, width - count :] = 1
-            start = first_positions[row] + steps - 1
-            positions[row] = start
-            positions[row, width - count :] = start + torch.arange(count, device=device)
+            start = (first_positions[..., row] + steps - 1).unsqueeze(-1)
+            positions[..., row, :] = start
+            positions[..., row, width - count :] = start + torch.arange(count, device=device)
         embeds = model.get_input_embeddings()(feed_ids).to(spliced.inputs_embeds.dtype)
         out = model.decoder(
             inputs_embeds=embeds,
@@ -366,7 +368,7 @@ class ChatSession:
         )
         new_ids, states = result.new_ids[0], result.step_states[0]
         self._cache, self._cache_mask = result.cache, result.attention_mask
-        self._next_position = int(result.next_positions[0])
+        self._next_position = first_row_position(result.next_positions)
         self._pending_ids = new_ids[-1:]
 
         seg_states = self._seg_states(new_ids, states)

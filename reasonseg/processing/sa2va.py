@@ -187,9 +187,12 @@ class Sa2VAProcessor:
     """Tokenizer + tiling + SAM2 transform + chat template of a Sa2VA model, with :class:`ReasonSegProcessor`'s
     interface (``preprocess_image``, ``conversation_prompt``, ``encode``, ``continuation_ids``, ``decode``)."""
 
-    def __init__(self, tokenizer, settings: Sa2VAProcessorSettings | None = None):
+    settings_class = Sa2VAProcessorSettings
+    config_name = PROCESSOR_CONFIG_NAME
+
+    def __init__(self, tokenizer, settings=None):
         self.tokenizer = tokenizer
-        self.settings = settings or Sa2VAProcessorSettings()
+        self.settings = settings or self.settings_class()
         self.template = get_sa2va_template(self.settings.template)
         missing = [
             t
@@ -333,15 +336,15 @@ class Sa2VAProcessor:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(directory))
-        (directory / PROCESSOR_CONFIG_NAME).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+        (directory / self.config_name).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> "Sa2VAProcessor":
         directory = Path(directory)
-        path = directory / PROCESSOR_CONFIG_NAME
+        path = directory / cls.config_name
         if not path.is_file():
-            raise CheckpointError(f"{directory} has no {PROCESSOR_CONFIG_NAME}; it is not a converted Sa2VA checkpoint")
-        settings = Sa2VAProcessorSettings(**json.loads(path.read_text()))
+            raise CheckpointError(f"{directory} has no {cls.config_name}; it is not a converted Sa2VA checkpoint")
+        settings = cls.settings_class(**json.loads(path.read_text()))
         for key, value in overrides.items():
             if not hasattr(settings, key):
                 raise InputError(f"unknown Sa2VA processor setting {key!r}")

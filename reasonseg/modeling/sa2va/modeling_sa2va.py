@@ -19,11 +19,10 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, Sam2Model
 
 from ..modeling_reasonseg import ReasonSegOutput
-from ..multimodal_inputs import SplicedInputs
 from ..placement import execution_device, parameter_dtype
 from ..seg_projection import SegProjection
 from .configuration_sa2va import Sa2VAConfig
-from .sam2 import Sam2ImageFeatures, decode_sam2_masks, sam2_image_features
+from .sam2 import Sam2ImageFeatures, Sam2MaskSide
 from ..language_delegation import LanguageModelDelegation
 from ..segmentation_pass import SegmentationPass
 
@@ -62,7 +61,7 @@ class Sa2VAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
 
 
-class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTrainedModel):
+class Sa2VAForCausalLM(LanguageModelDelegation, Sam2MaskSide, SegmentationPass, Sa2VAPreTrainedModel):
     """Attribute names follow ``ReasonSegForCausalLM`` (``vision_tower``, ``multi_modal_projector``,
     ``language_model``, ``sam``, ``seg_projection``) so precision, quantisation and placement rules apply alike."""
 
@@ -111,28 +110,6 @@ class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTraine
         features = self.encode_tiles(pixel_values.reshape(-1, *pixel_values.shape[-3:]))
         return features.reshape(images, -1, features.shape[-1])
 
-    def encode_sam_images(self, sam_pixel_values: torch.Tensor) -> Sam2ImageFeatures:
-        """SAM2 pixels ``[B, 3, 1024, 1024]`` -> :class:`Sam2ImageFeatures` (sliceable per image)."""
-        return sam2_image_features(self.sam, sam_pixel_values)
-
-    # ---- text side ----
-    def seg_token_locations(self, input_ids: torch.Tensor, spliced: SplicedInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, expanded positions) of the hidden states feeding each [SEG]: at the [SEG] (Sa2VA) or before it."""
-        rows, cols = torch.nonzero(input_ids == self.config.seg_token_id, as_tuple=True)
-        positions = spliced.token_positions[rows, cols.to(spliced.token_positions.device)]
-        if self.config.seg_hidden_position == "before":
-            positions = positions - 1
-        return rows, positions
-
-    # ---- mask side ----
-    def decode_prompt_masks(self, image_embedding: Sam2ImageFeatures, prompts: torch.Tensor):
-        return decode_sam2_masks(self.sam, image_embedding, prompts, self.config.mask_selection)
-
-    @property
-    def sam_input_size(self) -> int:
-        """SAM2's 1024x1024 input: the squashed image, so ``resized_size`` is all of it and nothing is cropped."""
-        return self.config.sam_config.prompt_encoder_config.image_size
-
     # ---- the full forward (training, teacher-forced checks) ----
     def forward(
         self,
@@ -159,9 +136,6 @@ class Sa2VAForCausalLM(LanguageModelDelegation, SegmentationPass, Sa2VAPreTraine
         return self.segmentation_pass(input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
                                       sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks,
                                       return_logits)
-
-    def sam_embeddings_per_image(self, embeddings) -> list:
-        return [embeddings[i] for i in range(len(embeddings))]
 
 
 AutoModel.register(Sa2VAConfig, Sa2VAForCausalLM, exist_ok=True)

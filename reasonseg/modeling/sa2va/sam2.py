@@ -119,3 +119,33 @@ def decode_sam2_masks(
         rows = torch.arange(masks.shape[0], device=masks.device)
         return masks[rows, best], iou[rows, best]
     return masks[:, 0], iou[:, 0]
+
+
+class Sam2MaskSide:
+    """What every Sa2VA model class (InternVL and Qwen-VL families) says about its SAM2 side and its [SEG] states:
+    mixed into a model with ``sam`` (``Sam2Model``) and ``config`` (``seg_token_id``, ``seg_hidden_position``,
+    ``mask_selection``, ``sam_config``); these are :class:`~reasonseg.modeling.segmentation_pass.SegmentationPass`'s
+    hooks."""
+
+    def encode_sam_images(self, sam_pixel_values: torch.Tensor) -> Sam2ImageFeatures:
+        """SAM2 pixels ``[B, 3, 1024, 1024]`` -> :class:`Sam2ImageFeatures` (sliceable per image)."""
+        return sam2_image_features(self.sam, sam_pixel_values)
+
+    def sam_embeddings_per_image(self, embeddings) -> list:
+        return [embeddings[i] for i in range(len(embeddings))]
+
+    def decode_prompt_masks(self, image_embedding: Sam2ImageFeatures, prompts: torch.Tensor):
+        return decode_sam2_masks(self.sam, image_embedding, prompts, self.config.mask_selection)
+
+    @property
+    def sam_input_size(self) -> int:
+        """SAM2's 1024x1024 input: the squashed image, so ``resized_size`` is all of it and nothing is cropped."""
+        return self.config.sam_config.prompt_encoder_config.image_size
+
+    def seg_token_locations(self, input_ids: torch.Tensor, spliced) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, expanded positions) of the hidden states feeding each [SEG]: at the [SEG] (Sa2VA) or before it."""
+        rows, cols = torch.nonzero(input_ids == self.config.seg_token_id, as_tuple=True)
+        positions = spliced.token_positions[rows, cols.to(spliced.token_positions.device)]
+        if self.config.seg_hidden_position == "before":
+            positions = positions - 1
+        return rows, positions

@@ -27,6 +27,34 @@ def build_tiny_sa2va_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast
     )
 
 
+def tiny_sam2_config() -> dict:
+    """A tiny SAM2 (256-px input, four Hiera stages of width 8-64, 32-wide prompts) as a ``Sam2Config`` dict."""
+    return dict(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=8,
+                num_attention_heads=1,
+                image_size=[256, 256],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 2, 4, 8],
+                window_size_per_stage=[4, 4, 4, 4],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[4, 4],
+                initializer_range=0.1,
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]],
+            fpn_hidden_size=32,
+            initializer_range=0.1,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16, mask_input_channels=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32),
+        initializer_range=0.1,
+    )
+
+
 def tiny_sa2va_config(vocab_size: int, seg_token_id: int, **overrides) -> Sa2VAConfig:
     values = dict(
         vision_config=dict(
@@ -54,30 +82,7 @@ def tiny_sa2va_config(vocab_size: int, seg_token_id: int, **overrides) -> Sa2VAC
             pad_token_id=0,
             tie_word_embeddings=False,
         ),
-        sam_config=dict(
-            vision_config=dict(
-                backbone_config=dict(
-                    model_type="sam2_hiera_det_model",
-                    hidden_size=8,
-                    num_attention_heads=1,
-                    image_size=[256, 256],
-                    blocks_per_stage=[1, 1, 2, 1],
-                    embed_dim_per_stage=[8, 16, 32, 64],
-                    num_attention_heads_per_stage=[1, 2, 4, 8],
-                    window_size_per_stage=[4, 4, 4, 4],
-                    global_attention_blocks=[3],
-                    window_positional_embedding_background_size=[4, 4],
-                    initializer_range=0.1,
-                ),
-                backbone_channel_list=[64, 32, 16, 8],
-                backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]],
-                fpn_hidden_size=32,
-                initializer_range=0.1,
-            ),
-            prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16, mask_input_channels=16),
-            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32),
-            initializer_range=0.1,
-        ),
+        sam_config=tiny_sam2_config(),
         seg_token_id=seg_token_id,
         initializer_range=0.1,
     )
@@ -97,6 +102,16 @@ def tiny_sam2_hints() -> dict:
     }
 
 
+def randomize_zero_sam2_parts(sam) -> None:
+    """Random values for the SAM2 parameters transformers zero-initialises (so every part matters in tests), and one
+    random-Fourier matrix, as in SAM2 (transformers draws the two copies separately)."""
+    with torch.no_grad():
+        for parameter in (sam.no_memory_embedding, sam.vision_encoder.backbone.pos_embed,
+                          sam.vision_encoder.backbone.pos_embed_window):
+            parameter.normal_(0, 0.1)
+        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
+
+
 def build_tiny_sa2va(seed: int = 0, **config_overrides) -> tuple[Sa2VAForCausalLM, Sa2VAProcessor]:
     """A random tiny Sa2VA model and its processor (deterministic for a seed)."""
     tokenizer = build_tiny_sa2va_tokenizer()
@@ -104,11 +119,8 @@ def build_tiny_sa2va(seed: int = 0, **config_overrides) -> tuple[Sa2VAForCausalL
     torch.manual_seed(seed)
     model = Sa2VAForCausalLM(tiny_sa2va_config(len(tokenizer), seg_id, **config_overrides)).eval()
     with torch.no_grad():  # transformers zero-initialises these; random values make every part matter
-        for parameter in (model.vision_tower.embeddings.cls_token, model.vision_tower.embeddings.position_embeddings,
-                          model.sam.no_memory_embedding, model.sam.vision_encoder.backbone.pos_embed,
-                          model.sam.vision_encoder.backbone.pos_embed_window):
+        for parameter in (model.vision_tower.embeddings.cls_token, model.vision_tower.embeddings.position_embeddings):
             parameter.normal_(0, 0.1)
-        # one random-Fourier matrix, as in SAM2 (transformers draws the two copies separately)
-        model.sam.prompt_encoder.shared_embedding.positional_embedding.copy_(model.sam.shared_image_embedding.positional_embedding)
+    randomize_zero_sam2_parts(model.sam)
     settings = Sa2VAProcessorSettings(template="qwen_chat", tile_size=56, max_tiles=4, sam_image_size=256)
     return model, Sa2VAProcessor(tokenizer, settings)

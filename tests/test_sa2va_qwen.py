@@ -1,0 +1,275 @@
+"""Sa2VA's Qwen-VL variants (``Sa2VAChatModelQwen``) on a tiny config-built Qwen2.5-VL Sa2VA: round trips, cached
+decoding with M-RoPE, several [SEG]s in one decoder call, chat reuse, the Segmenter API, recognition and errors.
+
+Parity with the authors' code is NOT covered (the reference fixture covers only the InternVL family)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reasonseg import Segmenter
+from reasonseg.checkpoints.convert import save_native
+from reasonseg.errors import UnsupportedError
+from reasonseg.inference.generation import greedy_decode
+from reasonseg.modeling.sa2va.tiny import tiny_sam2_hints
+from reasonseg.modeling.sa2va.tiny_qwen import build_tiny_sa2va_qwen
+
+from .conftest import ScriptedHead, teacher_forced_forward
+
+PROMPT = "the vessel"
+
+
+@pytest.fixture()
+def tiny_qwen():
+    return build_tiny_sa2va_qwen(seed=0)
+
+
+@pytest.fixture()
+def image() -> Image.Image:
+    rng = np.random.RandomState(1)
+    return Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture()
+def tall_image() -> Image.Image:
+    rng = np.random.RandomState(2)
+    return Image.fromarray((rng.rand(72, 32, 3) * 255).astype(np.uint8))
+
+
+def script(model, processor, ids: list[int]) -> ScriptedHead:
+    head = ScriptedHead(ids, model.config.text_config.vocab_size, processor.eos_token_id)
+    model.vlm.lm_head = head
+    return head
+
+
+def test_prompt_image_grid_and_positions(tiny_qwen, image):
+    model, processor = tiny_qwen
+    inputs = processor.preprocess_image(image)
+    assert tuple(inputs.pixel_values.shape) == (1, 1, 10, 14, 3 * 2 * 4 * 4)  # 40x56 px, 4-px patches, 2 frames
+    assert processor.image_token_count(inputs.pixel_values) == 35  # 5 x 7 merged tokens
+    text = processor.conversation_prompt([("<image>" + PROMPT, None)])
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><image><|vision_end|>the vessel<|im_end|>\n<|im_start|>assistant\n")
+    ids = processor.encode(text)
+    assert ids.count(-200) == 1
+    features = model.encode_images(inputs.pixel_values)
+    assert features.embeddings[0].shape == (35, 64) and features.grids.tolist() == [[1, 10, 14]]
+    t = torch.tensor([ids])
+    spliced = model.splice_inputs(t, torch.ones_like(t), features, [0])
+    slot = ids.index(-200)
+    positions = spliced.position_ids[:, 0]
+    assert positions.shape == (3, len(ids) - 1 + 35)
+    image_positions = positions[:, slot : slot + 35]
+    assert image_positions[0].tolist() == [slot] * 35  # temporal
+    assert image_positions[1].tolist() == [slot + r for r in range(5) for _ in range(7)]  # rows
+    assert image_positions[2].tolist() == [slot + c for _ in range(5) for c in range(7)]  # columns
+    after = positions[:, slot + 35 :]
+    assert after[:, 0].tolist() == [slot + 7] * 3  # text continues after the largest image position
+    # the same positions as the Qwen-VL model computes from its own spelled-out ids
+    expanded = torch.tensor([processor.expand_image_ids(ids, 35)])
+    types = (expanded == model.config.vlm_config.image_token_id).long()
+    own, _ = model.vlm.model.get_rope_index(expanded, mm_token_type_ids=types, image_grid_thw=features.grids)
+    assert torch.equal(own, spliced.position_ids)
+
+
+def test_cached_decoding_equals_teacher_forced_argmax(tiny_qwen, image):
+    model, processor = tiny_qwen
+    prediction = Segmenter(model, processor).predict(image, PROMPT, max_new_tokens=10)
+    assert len(prediction.token_ids) >= 2
+    inputs = processor.preprocess_image(image)
+    prompt_ids = processor.encode(processor.conversation_prompt([(PROMPT, None)]))
+    ids = torch.tensor([prompt_ids + prediction.token_ids[:-1]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs.pixel_values)
+    first = len(prompt_ids) - 1 + 35 - 1  # the position predicting the first answer token
+    argmax = out.logits[0, first:].argmax(-1).tolist()
+    assert argmax == prediction.token_ids
+    # and the uncached loop (recomputing everything each step) gives the same ids
+    features = model.encode_images(inputs.pixel_values)
+    t = torch.tensor([prompt_ids])
+    spliced = model.splice_inputs(t, torch.ones_like(t), features, [0], padding_side="left")
+    args = (model.decoder, model.get_output_embeddings(), model.get_input_embeddings(), spliced.inputs_embeds,
+            spliced.attention_mask, spliced.position_ids, 10, processor.stop_token_ids)
+    cached, uncached = greedy_decode(*args), greedy_decode(*args, use_cache=False)
+    assert cached.new_ids == uncached.new_ids == [prediction.token_ids]
+    assert cached.next_positions.shape == (3, 1)
+    torch.testing.assert_close(cached.step_states[0], uncached.step_states[0], atol=1e-5, rtol=0)
+
+
+def test_several_seg_masks_equal_one_at_a_time(tiny_qwen, image):
+    model, processor = tiny_qwen
+    seg = processor.seg_token_id
+    answer = processor.tokenizer.encode("Sure, ", add_special_tokens=False) + [seg, 40, seg, 41, seg, processor.eos_token_id]
+    out, _, inputs = teacher_forced_forward(model, processor, image, PROMPT, answer)
+    masks, states = out.pred_masks[0], out.seg_hidden_states
+    assert masks.shape == (3, 40, 56) and states.shape == (3, 64)
+    with torch.no_grad():
+        sam = model.encode_sam_images(inputs.sam_pixel_values)
+        for i in range(3):
+            alone, _, _, _ = model.masks_from_seg_hidden(states[i : i + 1], sam, inputs.resized_size, inputs.original_size)
+            torch.testing.assert_close(alone[0], masks[i], atol=1e-5, rtol=0)
+    assert not torch.allclose(masks[0], masks[1])  # different [SEG] states give different masks
+
+
+def test_segmenter_predict_and_forced_seg(tiny_qwen, image):
+    model, processor = tiny_qwen
+    segmenter = Segmenter(model, processor)
+    seg, eos = processor.seg_token_id, processor.eos_token_id
+    script(model, processor, [45, seg, 46, eos])
+    prediction = segmenter.predict(image, PROMPT, max_new_tokens=8)
+    assert prediction.token_ids == [45, seg, 46, eos] and prediction.num_masks == 1
+    assert prediction.masks[0].shape == (40, 56) and prediction.masks[0].dtype == bool
+    # the mask is the one a teacher-forced pass gives the state AT the [SEG]
+    out, _, _ = teacher_forced_forward(model, processor, image, PROMPT, prediction.token_ids)
+    np.testing.assert_allclose(out.pred_masks[0][0].numpy(), prediction.mask_logits[0], atol=1e-5, rtol=0)
+
+    script(model, processor, [45, 46, eos])
+    forced = segmenter.predict(image, PROMPT, max_new_tokens=8, force_seg=True)
+    assert forced.seg_forced and forced.token_ids == [45, 46, seg] and forced.masks[0].shape == (40, 56)
+
+
+def test_stops_at_endoftext_too(tiny_qwen, image):
+    model, processor = tiny_qwen
+    endoftext = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert processor.stop_token_ids == {processor.eos_token_id, endoftext}
+    script(model, processor, [45, endoftext, 46, 47])
+    assert Segmenter(model, processor).predict(image, PROMPT, max_new_tokens=8).token_ids == [45, endoftext]
+
+
+def test_chat_reuses_image_features_and_cache(tiny_qwen, image):
+    model, processor = tiny_qwen
+    calls = {"vision": 0, "sam": 0, "lengths": []}
+    vision_forward, sam_forward, decoder_forward = (
+        model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward
+    )
+
+    def vision(*args, **kwargs):
+        calls["vision"] += 1
+        return vision_forward(*args, **kwargs)
+
+    def sam(*args, **kwargs):
+        calls["sam"] += 1
+        return sam_forward(*args, **kwargs)
+
+    def decoder(*args, **kwargs):
+        calls["lengths"].append(kwargs["inputs_embeds"].shape[1])
+        return decoder_forward(*args, **kwargs)
+
+    model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward = vision, sam, decoder
+    seg, eos = processor.seg_token_id, processor.eos_token_id
+    script(model, processor, [45, seg, 48, eos, 47, seg, 49, eos])
+    session = Segmenter(model, processor).chat(image)
+    first = session.ask(PROMPT, max_new_tokens=6)
+    before = len(calls["lengths"])
+    second = session.ask("And the other one?", max_new_tokens=6)
+    assert calls["vision"] == 1 and calls["sam"] == 1
+    assert calls["lengths"][before] == len([eos] + processor.continuation_ids("And the other one?"))
+    model.decoder.forward = decoder_forward
+    # both masks equal a teacher-forced pass over the whole conversation, without any cache
+    ids = (processor.encode(processor.conversation_prompt([(PROMPT, None)])) + first.token_ids
+           + processor.continuation_ids("And the other one?") + second.token_ids)
+    t = torch.tensor([ids])
+    inputs = processor.preprocess_image(image)
+    with torch.no_grad():
+        out = model(input_ids=t, attention_mask=torch.ones_like(t), pixel_values=inputs.pixel_values,
+                    sam_pixel_values=inputs.sam_pixel_values, resized_sizes=[inputs.resized_size],
+                    original_sizes=[inputs.original_size], return_logits=False)
+    np.testing.assert_allclose(out.pred_masks[0][0].numpy(), first.mask_logits[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.pred_masks[0][1].numpy(), second.mask_logits[0], atol=1e-5, rtol=0)
+
+
+def test_predict_batch_of_different_sizes_equals_one_at_a_time(tiny_qwen, image, tall_image):
+    model, processor = tiny_qwen
+    segmenter = Segmenter(model, processor)
+    prompts = [[PROMPT, "Segment the blue circle and the green square."], "What color is the background?"]
+    batched = segmenter.predict_batch([image, tall_image], prompts, max_new_tokens=6, force_seg=True)
+    singles = [[segmenter.predict(image, p, max_new_tokens=6, force_seg=True) for p in prompts[0]],
+               segmenter.predict(tall_image, prompts[1], max_new_tokens=6, force_seg=True)]
+    for got, want in zip(batched[0] + [batched[1]], singles[0] + [singles[1]]):
+        assert got.token_ids == want.token_ids
+        np.testing.assert_allclose(got.mask_logits[0], want.mask_logits[0], atol=1e-4, rtol=0)
+    assert batched[1].masks[0].shape == (72, 32)
+
+
+def _assert_same_outputs(a: Segmenter, b: Segmenter, image):
+    pa = a.predict(image, PROMPT, max_new_tokens=6, force_seg=True)
+    pb = b.predict(image, PROMPT, max_new_tokens=6, force_seg=True)
+    assert pa.token_ids == pb.token_ids
+    # equal to float rounding (measured 5e-8: same weights and buffers, loaded tensors take other kernel paths)
+    np.testing.assert_allclose(pa.mask_logits[0], pb.mask_logits[0], atol=1e-6, rtol=0)
+    assert np.array_equal(pa.masks[0], pb.masks[0])
+    ids = torch.tensor([a.processor.encode(a.processor.conversation_prompt([(PROMPT, None)])) + pa.token_ids])
+    inputs = a.processor.preprocess_image(image)
+    with torch.no_grad():
+        la = a.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs.pixel_values).logits
+        lb = b.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs.pixel_values).logits
+    torch.testing.assert_close(la, lb, atol=1e-6, rtol=0)
+
+
+def test_native_save_and_load_round_trip(tiny_qwen, image, tmp_path):
+    model, processor = tiny_qwen
+    directory = save_native(model, processor, tmp_path / "native")
+    assert json.loads((directory / "config.json").read_text())["model_type"] == "reasonseg_sa2va_qwen"
+    loaded = Segmenter.from_pretrained(str(directory), device="cpu")
+    assert type(loaded.model).__name__ == "Sa2VAQwenForCausalLM" and type(loaded.processor).__name__ == "Sa2VAQwenProcessor"
+    _assert_same_outputs(Segmenter(model, processor), loaded, image)
+
+
+def test_original_layout_loads_and_converts(tiny_qwen, image, tmp_path):
+    from reasonseg.checkpoints.sa2va import convert_sa2va_checkpoint
+    from reasonseg.checkpoints.sa2va_qwen import save_sa2va_qwen_layout
+
+    model, processor = tiny_qwen
+    directory = save_sa2va_qwen_layout(model, processor.tokenizer, tmp_path / "original", tiny_sam2_hints())
+    (directory / "preprocessor_config.json").write_text(json.dumps({"patch_size": 4, "merge_size": 2}))
+    config = json.loads((directory / "config.json").read_text())
+    assert config["architectures"] == ["Sa2VAChatModelQwen"] and config["vision_config"]["model_type"] == "qwen2_5_vl"
+    loaded = Segmenter.from_pretrained(str(directory), device="cpu")
+    settings = loaded.processor.settings  # Sa2VA's fixed sizes (1024-px SAM2, 512-2048 x 28^2 pixels) -> the tiny ones
+    assert (settings.sam_image_size, settings.min_pixels, settings.patch_size) == (1024, 512 * 28 * 28, 4)
+    settings.sam_image_size, settings.min_pixels, settings.max_pixels = 256, 256, 4096
+    loaded.processor.__init__(loaded.processor.tokenizer, settings)
+    _assert_same_outputs(Segmenter(model, processor), loaded, image)
+    converted = Segmenter.from_pretrained(str(convert_sa2va_checkpoint(directory, tmp_path / "converted")), device="cpu")
+    assert type(converted.model).__name__ == "Sa2VAQwenForCausalLM"
+
+
+def test_pre_452_key_layout_maps_to_transformers_names():
+    from reasonseg.checkpoints.sa2va_qwen import vlm_key_to_native
+
+    assert vlm_key_to_native("visual.blocks.0.attn.qkv.weight") == "vlm.model.visual.blocks.0.attn.qkv.weight"
+    assert vlm_key_to_native("model.layers.0.mlp.up_proj.weight") == "vlm.model.language_model.layers.0.mlp.up_proj.weight"
+    assert vlm_key_to_native("model.language_model.norm.weight") == "vlm.model.language_model.norm.weight"
+    assert vlm_key_to_native("lm_head.weight") == "vlm.lm_head.weight"
+
+
+@pytest.mark.parametrize(
+    "vision_type, named",
+    [("qwen3_vl", "qwen3_vl"), ("qwen2_vl", "qwen2_vl"), (None, "(none")],
+)
+def test_unsupported_qwen_family_is_one_line(tmp_path, vision_type, named):
+    config = {"architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat"}
+    if vision_type:
+        config["vision_config"] = {"model_type": vision_type}
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError) as info:
+        Segmenter.from_pretrained(str(directory), device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and named in message and "Qwen2.5-VL" in message and "Sa2VAChatModel" in message
+
+
+def test_unsupported_vlm_in_a_native_config_is_one_line(tiny_qwen):
+    from reasonseg.modeling.sa2va import Sa2VAQwenConfig, Sa2VAQwenForCausalLM
+
+    model, _ = tiny_qwen
+    config = Sa2VAQwenConfig(vlm_config={"model_type": "qwen2_vl"}, sam_config=model.config.sam_config.to_dict())
+    with pytest.raises(UnsupportedError) as info:
+        Sa2VAQwenForCausalLM(config)
+    assert "\n" not in str(info.value) and "qwen2_vl" in str(info.value) and "qwen2_5_vl" in str(info.value)
