@@ -6,9 +6,13 @@ except those of tokens added for segmentation (``[SEG]`` and image start/end), w
 The same rule serves a Sa2VA model (``Sa2VAForCausalLM`` has the same attribute names): LoRA on its LLM,
 ``text_hidden_fcs`` (``seg_projection``) and SAM2's mask decoder (with its ``conv_s0``/``conv_s1``) train, and
 InternViT, ``mlp1``, SAM2's image and prompt encoders stay frozen; only the ``[SEG]`` row of its vocabulary trains.
+A Qwen-VL Sa2VA (``Sa2VAQwenForCausalLM``) likewise: LoRA only under ``vlm.model.language_model`` (its vision
+blocks have ``gate_proj``/``up_proj``/``down_proj`` too and stay frozen, as do the patch merger and SAM2's encoders).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -20,9 +24,22 @@ from .config import TrainingConfig
 TRAINABLE_TOKENS = ("[SEG]", "<im_start>", "<im_end>")
 
 
-def language_lora_pattern(target_modules: list[str]) -> str:
-    """A regex that wraps the language model's projections only (a bare name would also wrap CLIP's)."""
-    return rf".*language_model.*\.({'|'.join(target_modules)})"
+def language_lora_pattern(target_modules: list[str], language_path: str = "language_model") -> str:
+    """A regex (peft full-matches it against module names) that wraps the named projections inside the language
+    model at ``language_path`` only: a bare name would also wrap the vision tower's (CLIP's ``q_proj``, the Qwen-VL
+    vision blocks' ``gate_proj``/``up_proj``/``down_proj``)."""
+    return rf"{re.escape(language_path)}\.(?:.*\.)?({'|'.join(map(re.escape, target_modules))})"
+
+
+def language_model_path(model) -> str:
+    """The module path of the model's language model (the module its ``decoder`` property returns):
+    ``language_model.model`` for LISA and the InternVL-family Sa2VA, ``vlm.model.language_model`` for the Qwen-VL
+    family."""
+    decoder = model.decoder
+    for name, module in model.named_modules():
+        if module is decoder:
+            return name
+    raise InputError(f"{type(model).__name__}'s language model is not one of its modules; cannot place LoRA")
 
 
 def check_quantized_training(config: TrainingConfig, device: str) -> None:
@@ -59,7 +76,7 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
-        target_modules=language_lora_pattern(config.lora.target_modules),
+        target_modules=language_lora_pattern(config.lora.target_modules, language_model_path(model)),
         bias="none",
     )
     peft_model = get_peft_model(model, lora)
@@ -75,7 +92,8 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
     base.config.bce_loss_weight = config.bce_loss_weight
     base.config.dice_loss_weight = config.dice_loss_weight
     if config.gradient_checkpointing:
-        set_activation_checkpointing(base.language_model, True)
+        # the causal LM where the model keeps one (LISA, InternVL-family Sa2VA), else its decoder (Qwen-VL Sa2VA)
+        set_activation_checkpointing(getattr(base, "language_model", None) or base.decoder, True)
     return peft_model
 
 
