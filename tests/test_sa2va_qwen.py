@@ -1,5 +1,6 @@
-"""Sa2VA's Qwen-VL variants (``Sa2VAChatModelQwen``) on a tiny config-built Qwen2.5-VL Sa2VA: round trips, cached
-decoding with M-RoPE, several [SEG]s in one decoder call, chat reuse, the Segmenter API, recognition and errors.
+"""Sa2VA's Qwen-VL variants (``Sa2VAChatModelQwen``) on tiny config-built Qwen2.5-VL and Qwen3-VL Sa2VAs (every check
+runs on both): round trips, cached decoding with M-RoPE, several [SEG]s in one decoder call, chat reuse, the
+Segmenter API, recognition and errors; for Qwen3-VL, the prefill equals transformers' own model forward (deepstack).
 
 Parity with the authors' code is NOT covered (the reference fixture covers only the InternVL family)."""
 
@@ -24,9 +25,12 @@ from .conftest import ScriptedHead, teacher_forced_forward
 PROMPT = "the vessel"
 
 
-@pytest.fixture()
-def tiny_qwen():
-    return build_tiny_sa2va_qwen(seed=0)
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_qwen(request):
+    return build_tiny_sa2va_qwen(seed=0, family=request.param)
 
 
 @pytest.fixture()
@@ -53,7 +57,9 @@ def test_prompt_image_grid_and_positions(tiny_qwen, image):
     assert tuple(inputs.pixel_values.shape) == (1, 1, 10, 14, 3 * 2 * 4 * 4)  # 40x56 px, 4-px patches, 2 frames
     assert processor.image_token_count(inputs.pixel_values) == 35  # 5 x 7 merged tokens
     text = processor.conversation_prompt([("<image>" + PROMPT, None)])
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    system = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+              if model.config.vlm_config.model_type == "qwen2_5_vl" else "")  # Qwen3-VL's template: no system turn
+    assert text == (system + "<|im_start|>user\n"
                     "<|vision_start|><image><|vision_end|>the vessel<|im_end|>\n<|im_start|>assistant\n")
     ids = processor.encode(text)
     assert ids.count(-200) == 1
@@ -95,7 +101,9 @@ def test_cached_decoding_equals_teacher_forced_argmax(tiny_qwen, image):
     spliced = model.splice_inputs(t, torch.ones_like(t), features, [0], padding_side="left")
     args = (model.decoder, model.get_output_embeddings(), model.get_input_embeddings(), spliced.inputs_embeds,
             spliced.attention_mask, spliced.position_ids, 10, processor.stop_token_ids)
-    cached, uncached = greedy_decode(*args), greedy_decode(*args, use_cache=False)
+    extra = spliced.decoder_kwargs  # Qwen3-VL's deepstack inputs (None for Qwen2.5-VL)
+    cached = greedy_decode(*args, prefill_kwargs=extra)
+    uncached = greedy_decode(*args, use_cache=False, prefill_kwargs=extra)
     assert cached.new_ids == uncached.new_ids == [prediction.token_ids]
     assert cached.next_positions.shape == (3, 1)
     torch.testing.assert_close(cached.step_states[0], uncached.step_states[0], atol=1e-5, rtol=0)
@@ -228,7 +236,8 @@ def test_original_layout_loads_and_converts(tiny_qwen, image, tmp_path):
     directory = save_sa2va_qwen_layout(model, processor.tokenizer, tmp_path / "original", tiny_sam2_hints())
     (directory / "preprocessor_config.json").write_text(json.dumps({"patch_size": 4, "merge_size": 2}))
     config = json.loads((directory / "config.json").read_text())
-    assert config["architectures"] == ["Sa2VAChatModelQwen"] and config["vision_config"]["model_type"] == "qwen2_5_vl"
+    family = model.config.vlm_config.model_type
+    assert config["architectures"] == ["Sa2VAChatModelQwen"] and config["vision_config"]["model_type"] == family
     loaded = Segmenter.from_pretrained(str(directory), device="cpu")
     settings = loaded.processor.settings  # Sa2VA's fixed sizes (1024-px SAM2, 512-2048 x 28^2 pixels) -> the tiny ones
     assert (settings.sam_image_size, settings.min_pixels, settings.patch_size) == (1024, 512 * 28 * 28, 4)
@@ -250,7 +259,7 @@ def test_pre_452_key_layout_maps_to_transformers_names():
 
 @pytest.mark.parametrize(
     "vision_type, named",
-    [("qwen3_vl", "qwen3_vl"), ("qwen2_vl", "qwen2_vl"), (None, "(none")],
+    [("qwen2_vl", "qwen2_vl"), ("qwen3_vl_moe", "qwen3_vl_moe"), (None, "(none")],
 )
 def test_unsupported_qwen_family_is_one_line(tmp_path, vision_type, named):
     config = {"architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat"}
@@ -262,7 +271,8 @@ def test_unsupported_qwen_family_is_one_line(tmp_path, vision_type, named):
     with pytest.raises(UnsupportedError) as info:
         Segmenter.from_pretrained(str(directory), device="cpu")
     message = str(info.value)
-    assert "\n" not in message and named in message and "Qwen2.5-VL" in message and "Sa2VAChatModel" in message
+    assert "\n" not in message and named in message and "Qwen2.5-VL" in message and "Qwen3-VL" in message
+    assert "Sa2VAChatModel" in message
 
 
 def test_unsupported_vlm_in_a_native_config_is_one_line(tiny_qwen):
@@ -273,3 +283,57 @@ def test_unsupported_vlm_in_a_native_config_is_one_line(tiny_qwen):
     with pytest.raises(UnsupportedError) as info:
         Sa2VAQwenForCausalLM(config)
     assert "\n" not in str(info.value) and "qwen2_vl" in str(info.value) and "qwen2_5_vl" in str(info.value)
+
+
+def test_qwen3_vl_prefill_equals_transformers_own_forward(image, tall_image):
+    """The splice + deepstack inputs give the hidden states transformers' own Qwen3VLModel computes from its
+    spelled-out ids and pixel values (deepstack added at the image positions after decoder layer 0); without the
+    deepstack features they differ, so the check sees them."""
+    model, processor = build_tiny_sa2va_qwen(seed=0, family="qwen3_vl")
+    assert model.config.vlm_config.vision_config.deepstack_visual_indexes == [0]
+    rows = []
+    for picture, prompt in ((image, PROMPT), (tall_image, "What color is the background?")):
+        inputs = processor.preprocess_image(picture)
+        ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
+        features = model.encode_images(inputs.pixel_values)
+        assert [tuple(d.shape) for d in features.deepstack] == [(1, features.embeddings[0].shape[0], 64)]
+        rows.append((inputs, ids, features))
+    for inputs, ids, features in rows:
+        t = torch.tensor([ids])
+        spliced = model.splice_inputs(t, torch.ones_like(t), features, [0])
+        count = features.embeddings[0].shape[0]
+        assert int(spliced.decoder_kwargs["visual_pos_masks"].sum()) == count
+        expanded = torch.tensor([processor.expand_image_ids(ids, count)])
+        types = (expanded == model.config.vlm_config.image_token_id).long()
+        pixels = inputs.pixel_values.reshape(-1, inputs.pixel_values.shape[-1])
+        with torch.no_grad():
+            ours = model.decoder(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                 position_ids=spliced.position_ids, **spliced.decoder_kwargs).last_hidden_state
+            without = model.decoder(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                    position_ids=spliced.position_ids).last_hidden_state
+            own = model.vlm.model(input_ids=expanded, attention_mask=torch.ones_like(expanded), pixel_values=pixels,
+                                  image_grid_thw=features.grids, mm_token_type_ids=types).last_hidden_state
+        torch.testing.assert_close(ours, own, atol=1e-5, rtol=0)
+        assert (without - own).abs().max() > 0.1
+    # a left-padded batch of both images: each row's deepstack lands on its own image positions
+    (a_inputs, a_ids, a_features), (b_inputs, b_ids, b_features) = rows
+    longest = max(len(a_ids), len(b_ids))
+    batch = torch.full((2, longest), processor.pad_token_id)
+    mask = torch.zeros((2, longest), dtype=torch.long)
+    for row, ids in enumerate((a_ids, b_ids)):
+        batch[row, longest - len(ids):], mask[row, longest - len(ids):] = torch.tensor(ids), 1
+    from reasonseg.modeling.sa2va.modeling_sa2va_qwen import QwenImageFeatures
+
+    both = QwenImageFeatures.gather([a_features, b_features])
+    spliced = model.splice_inputs(batch, mask, both, [0, 1], padding_side="left")
+    with torch.no_grad():
+        batched = model.decoder(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                position_ids=spliced.position_ids, **spliced.decoder_kwargs).last_hidden_state
+    for row, (_, ids, features) in enumerate(rows):
+        t = torch.tensor([ids])
+        alone = model.splice_inputs(t, torch.ones_like(t), features, [0], padding_side="left")
+        with torch.no_grad():
+            single = model.decoder(inputs_embeds=alone.inputs_embeds, attention_mask=alone.attention_mask,
+                                   position_ids=alone.position_ids, **alone.decoder_kwargs).last_hidden_state
+        n = single.shape[1]
+        torch.testing.assert_close(batched[row, -n:], single[0], atol=1e-5, rtol=0)

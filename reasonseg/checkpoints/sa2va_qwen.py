@@ -1,5 +1,5 @@
-"""Sa2VA checkpoints of the Qwen-VL family (``Sa2VAChatModelQwen``: Sa2VA-Qwen2_5-VL-3B/7B) -> a reasonseg
-:class:`Sa2VAQwenForCausalLM` and :class:`Sa2VAQwenProcessor`, without the checkpoint's remote code.
+"""Sa2VA checkpoints of the Qwen-VL family (``Sa2VAChatModelQwen``: Sa2VA-Qwen2_5-VL-3B/7B, Sa2VA-Qwen3-VL-4B) ->
+a reasonseg :class:`Sa2VAQwenForCausalLM` and :class:`Sa2VAQwenProcessor`, without the checkpoint's remote code.
 
 What such a checkpoint holds (Sa2VA's ``Sa2VAChatConfigQwen`` subclasses transformers' Qwen-VL config and its
 model wraps ``Qwen2_5_VLForConditionalGeneration`` as ``model``):
@@ -30,8 +30,8 @@ from .sa2va import (
 )
 from .state_dicts import iter_checkpoint_tensors
 
-QWEN_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL (Sa2VA-Qwen2_5-VL-3B/7B)"}
-KNOWN_QWEN_FAMILIES = {"qwen3_vl": "Qwen3-VL (Sa2VA-Qwen3-VL-4B): its deepstack features are not wired yet"}
+QWEN_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL (Sa2VA-Qwen2_5-VL-3B/7B)", "qwen3_vl": "Qwen3-VL (Sa2VA-Qwen3-VL-4B)"}
+KNOWN_QWEN_FAMILIES: dict[str, str] = {}
 _NOT_VLM_KEYS = ("architectures", "model_type", "auto_map", "template", "_name_or_path", "transformers_version",
                  "fixture_sam2_config", "system_message", "_attn_implementation", "attn_implementation")
 
@@ -108,6 +108,8 @@ def sa2va_qwen_processor_for(directory: Path, raw: dict):
     from ..processing.sa2va_qwen import Sa2VAQwenProcessor, Sa2VAQwenProcessorSettings
 
     settings = Sa2VAQwenProcessorSettings(template=str(raw.get("template") or "qwen_chat").replace("-", "_"))
+    if qwen_family(raw) == "qwen3_vl":
+        settings.system_message = ""  # Qwen3-VL's chat template opens with no system turn
     if "system_message" in raw:
         settings.system_message = str(raw["system_message"] or "")
     image_config = directory / "preprocessor_config.json"

@@ -29,15 +29,26 @@ class DecodeResult:
     attention_mask: torch.Tensor | None = None
 
 
-def _decoder_step(decoder, embeds, attention_mask, position_ids, cache):
+def _decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=None):
     out = decoder(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=cache,
         use_cache=cache is not None,
+        **(extra or {}),
     )
     return out.last_hidden_state
+
+
+def extend_prefill_kwargs(prefill_kwargs: dict | None, length: int) -> dict | None:
+    """The prompt's extra decoder inputs for a recomputed sequence of ``length`` positions: a ``visual_pos_masks``
+    ``[B, T]`` is padded with ``False`` on the right (generated tokens are text), the rest passes unchanged."""
+    if not prefill_kwargs or "visual_pos_masks" not in prefill_kwargs:
+        return prefill_kwargs
+    mask = prefill_kwargs["visual_pos_masks"]
+    padded = torch.cat([mask, mask.new_zeros((mask.shape[0], length - mask.shape[1]))], dim=1)
+    return {**prefill_kwargs, "visual_pos_masks": padded}
 
 
 def first_row_position(next_positions: torch.Tensor) -> int:
@@ -66,6 +77,7 @@ def greedy_decode(
     eos_token_id: int | Iterable[int] | None,
     cache=None,
     use_cache: bool = True,
+    prefill_kwargs: dict | None = None,
 ) -> DecodeResult:
     """Greedy decoding of a (left-padded) batch.
 
@@ -76,6 +88,9 @@ def greedy_decode(
     ``eos_token_id``: the stop token, or several (a row ends at the first of them it produces; Sa2VA's Qwen
     template stops at ``<|im_end|>`` and ``<|endoftext|>``); ``None`` decodes ``max_new_tokens`` tokens.
     ``use_cache=False`` recomputes the whole sequence every step (the reference behaviour, kept for checking).
+    ``prefill_kwargs``: further decoder inputs for the positions of ``inputs_embeds`` only (``SplicedInputs.
+    decoder_kwargs``: Qwen3-VL's deepstack features, added at the image positions); passed on the first step, and on
+    every uncached step with the mask extended over the generated tokens.
     """
     batch = inputs_embeds.shape[0]
     device = inputs_embeds.device
@@ -92,9 +107,11 @@ def greedy_decode(
     all_embeds, all_positions = inputs_embeds, position_ids
     for step in range(max_new_tokens):
         if use_cache:
-            hidden = _decoder_step(decoder, step_embeds, full_mask, step_positions, cache)
+            extra = prefill_kwargs if step == 0 else None
+            hidden = _decoder_step(decoder, step_embeds, full_mask, step_positions, cache, extra)
         else:
-            hidden = _decoder_step(decoder, all_embeds, full_mask, all_positions, None)
+            extra = extend_prefill_kwargs(prefill_kwargs, all_embeds.shape[1])
+            hidden = _decoder_step(decoder, all_embeds, full_mask, all_positions, None, extra)
         last = hidden[:, -1]
         token = lm_head(last).argmax(dim=-1)
         for row in range(batch):

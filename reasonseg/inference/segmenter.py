@@ -177,6 +177,7 @@ class Segmenter:
             spliced.position_ids,
             max_new_tokens,
             processor.stop_token_ids,
+            prefill_kwargs=spliced.decoder_kwargs,
         )
         plans = [self._seg_plan(result.new_ids[r], forces[image]) for r, (image, _) in enumerate(rows)]
         fed = self._feed_rows(result, spliced, plans)
@@ -354,7 +355,7 @@ class ChatSession:
             ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
         else:
             ids = self._pending_ids + processor.continuation_ids(prompt)
-        embeds, mask, positions = self._embed_new_ids(ids)
+        embeds, mask, positions, extra = self._embed_new_ids(ids)
         result = greedy_decode(
             model.decoder,
             model.get_output_embeddings(),
@@ -365,6 +366,7 @@ class ChatSession:
             max_new_tokens,
             processor.stop_token_ids,
             cache=self._cache,
+            prefill_kwargs=extra,
         )
         new_ids, states = result.new_ids[0], result.step_states[0]
         self._cache, self._cache_mask = result.cache, result.attention_mask
@@ -392,7 +394,8 @@ class ChatSession:
         return prediction
 
     def _embed_new_ids(self, ids: list[int]):
-        """Embeddings, attention mask and positions of ids to append to the conversation (image spliced in)."""
+        """Embeddings, attention mask, positions and further decoder inputs (``SplicedInputs.decoder_kwargs``) of ids
+        to append to the conversation (image spliced in)."""
         model = self.segmenter.model
         input_ids = torch.tensor([ids])
         spliced = model.splice_inputs(
@@ -402,7 +405,7 @@ class ChatSession:
         mask = spliced.attention_mask
         if self._cache_mask is not None:
             mask = torch.cat([self._cache_mask.to(mask.device), mask], dim=1)
-        return spliced.inputs_embeds, mask, positions
+        return spliced.inputs_embeds, mask, positions, spliced.decoder_kwargs
 
     def _seg_states(self, new_ids: list[int], states: torch.Tensor) -> torch.Tensor:
         """Hidden states feeding each generated [SEG].
@@ -441,13 +444,14 @@ class ChatSession:
     def _feed(self, ids: list[int]) -> torch.Tensor:
         """Run ids through the cached decoder; returns their hidden states ``[len(ids), hidden]``."""
         model = self.segmenter.model
-        embeds, mask, positions = self._embed_new_ids(ids)
+        embeds, mask, positions, extra = self._embed_new_ids(ids)
         out = model.decoder(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=self._cache,
             use_cache=True,
+            **(extra or {}),
         )
         self._cache_mask = mask
         self._next_position += len(ids)

@@ -15,12 +15,15 @@ import torch
 @dataclass
 class SplicedInputs:
     """inputs_embeds ``[B, T, H]``, attention_mask ``[B, T]`` (1 = real), position_ids ``[B, T]``,
-    token_positions ``[B, L]``: the expanded position of each input token (-1 for the placeholder and padding)."""
+    token_positions ``[B, L]``: the expanded position of each input token (-1 for the placeholder and padding);
+    decoder_kwargs: further inputs the language model takes for exactly these positions (Qwen3-VL's deepstack:
+    ``visual_pos_masks`` ``[B, T]`` and ``deepstack_visual_embeds``), or ``None``."""
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     token_positions: torch.Tensor
+    decoder_kwargs: dict | None = None
 
     def expand_token_values(self, values: torch.Tensor, fill: int) -> torch.Tensor:
         """Move a per-token tensor ``[B, L]`` (e.g. labels) onto the expanded positions ``[B, T]``."""

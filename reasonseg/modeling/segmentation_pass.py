@@ -100,6 +100,7 @@ class SegmentationPass:
             attention_mask=spliced.attention_mask,
             position_ids=spliced.position_ids,
             use_cache=False,
+            **(spliced.decoder_kwargs or {}),
         ).last_hidden_state
         logits = self.get_output_embeddings()(hidden) if (return_logits or labels is not None) else None
 

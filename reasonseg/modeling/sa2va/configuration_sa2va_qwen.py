@@ -10,15 +10,16 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, Sam2Config
 from transformers.configuration_utils import SubConfigSpec
 
-# Qwen-VL families reasonseg builds (the ``model_type`` of ``vlm_config``); Qwen3-VL needs its deepstack features
-# fed into the first decoder layers, which reasonseg's decoding loop does not carry yet
-SUPPORTED_VLM_TYPES = ("qwen2_5_vl",)
+# Qwen-VL families reasonseg builds (the ``model_type`` of ``vlm_config``); Qwen3-VL's deepstack features (added to
+# the image positions after its first decoder layers) travel with the spliced prompt
+SUPPORTED_VLM_TYPES = ("qwen2_5_vl", "qwen3_vl")
 
 
 @strict
 class Sa2VAQwenConfig(PreTrainedConfig):
     r"""
-    vlm_config: the Qwen-VL config (``Qwen2_5_VLConfig``: ``vision_config``, ``text_config``, ``image_token_id`` ...).
+    vlm_config: the Qwen-VL config (``Qwen2_5_VLConfig`` or ``Qwen3VLConfig``: ``vision_config``, ``text_config``,
+        ``image_token_id`` ...).
     sam_config: ``transformers.Sam2Config`` (SAM2-Hiera-L in Sa2VA).
     image_token_index: the placeholder id the processor puts where the image's merged patch features go (never a
         vocabulary id; the model spells it out as the VLM's ``image_token_id`` only to compute M-RoPE positions).

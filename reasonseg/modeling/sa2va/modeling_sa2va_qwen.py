@@ -9,9 +9,11 @@ unchanged.
     image -> 1024x1024 -> SAM2 image encoder     Qwen-VL language model -> tokens; state at each [SEG]
                                +------------> SAM2 mask decoder <---- text_hidden_fcs <------------+
 
-The Qwen-VL part is transformers' own ``Qwen2_5_VLForConditionalGeneration`` (``vlm``), used piecewise: its vision
-tower encodes the image once, its language model runs inside reasonseg's splice and KV-cached decoding loop with
-3-D (temporal, height, width) rope positions. The SAM2 side, the [SEG] projection, the splice and the losses are
+The Qwen-VL part is transformers' own ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``
+(``vlm``), used piecewise: its vision tower encodes the image once, its language model runs inside reasonseg's splice
+and KV-cached decoding loop with 3-D (temporal, height, width) rope positions. Qwen3-VL's vision tower also gives
+"deepstack" features (one set per chosen vision layer) that its language model adds to the image positions after
+its first decoder layers: they ride with the spliced prompt (``SplicedInputs.decoder_kwargs``) into the prefill only. The SAM2 side, the [SEG] projection, the splice and the losses are
 the ones the InternVL-family Sa2VA uses.
 """
 
@@ -38,9 +40,11 @@ class QwenImageFeatures:
 
     embeddings: list[torch.Tensor]
     grids: torch.Tensor  # [num_images, 3]
+    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: per image [levels, N_i, hidden]
 
     def __getitem__(self, index: int) -> "QwenImageFeatures":
-        return QwenImageFeatures([self.embeddings[index]], self.grids[index : index + 1])
+        deepstack = None if self.deepstack is None else [self.deepstack[index]]
+        return QwenImageFeatures([self.embeddings[index]], self.grids[index : index + 1], deepstack)
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -51,7 +55,17 @@ class QwenImageFeatures:
         if isinstance(features, QwenImageFeatures):
             return features
         parts = list(features)
-        return cls([e for f in parts for e in f.embeddings], torch.cat([f.grids for f in parts]))
+        deepstack = None if any(f.deepstack is None for f in parts) else [d for f in parts for d in f.deepstack]
+        return cls([e for f in parts for e in f.embeddings], torch.cat([f.grids for f in parts]), deepstack)
+
+    def deepstack_inputs(self, image_rows: list[int]) -> list[torch.Tensor] | None:
+        """The deepstack features of the images of ``image_rows`` (one image index per conversation that holds an
+        image, in batch order), as the language model adds them: one ``[sum N, hidden]`` per level, in the order
+        in which a ``[B, T]`` mask enumerates the image positions (row by row)."""
+        if self.deepstack is None or not image_rows:
+            return None
+        levels = self.deepstack[0].shape[0]
+        return [torch.cat([self.deepstack[i][level] for i in image_rows]) for level in range(levels)]
 
 
 def vlm_class_for(vlm_config):
@@ -61,9 +75,13 @@ def vlm_class_for(vlm_config):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration
+    if model_type == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
     raise UnsupportedError(
         f"Sa2VA's Qwen-VL model {model_type!r} is not supported; supported: {', '.join(SUPPORTED_VLM_TYPES)} "
-        "(Sa2VA-Qwen2_5-VL-3B/7B)"
+        "(Sa2VA-Qwen2_5-VL-3B/7B, Sa2VA-Qwen3-VL-4B)"
     )
 
 
@@ -73,7 +91,8 @@ class Sa2VAQwenPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = [
-        "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Sam2VisionModel", "Sam2MaskDecoder", "Sam2PromptEncoder",
+        "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock",
+        "Sam2VisionModel", "Sam2MaskDecoder", "Sam2PromptEncoder",
         "SegProjection",
     ]
     input_modalities = ("image", "text")
@@ -128,14 +147,20 @@ class Sa2VAQwenForCausalLM(Sam2MaskSide, SegmentationPass, Sa2VAQwenPreTrainedMo
         tower = self.vision_tower
         grids = torch.tensor([[t, h, w]] * images, dtype=torch.long, device=execution_device(tower))
         patches = pixel_values.reshape(-1, width).to(execution_device(tower), parameter_dtype(tower))
-        merged = tower(patches, grid_thw=grids).pooler_output  # [sum N_i, hidden], images in order
-        return QwenImageFeatures(list(torch.split(merged, merged.shape[0] // images)), grids)
+        out = tower(patches, grid_thw=grids)
+        merged = out.pooler_output  # [sum N_i, hidden], images in order
+        per_image = merged.shape[0] // images
+        deepstack = getattr(out, "deepstack_features", None)  # Qwen3-VL: per level [sum N_i, hidden]
+        if deepstack:
+            deepstack = list(torch.split(torch.stack(deepstack), per_image, dim=1))
+        return QwenImageFeatures(list(torch.split(merged, per_image)), grids, deepstack or None)
 
     # ---- splice with M-RoPE positions ----
     def splice_inputs(self, input_ids, attention_mask, image_features, image_indices, padding_side="right"):
         """Token embeddings with each conversation's image features in place of its placeholder, and the Qwen-VL
         model's own 3-D rope positions ``[3, B, T]`` for the result (text: the same position on all three axes;
-        image: its temporal/row/column grid after the preceding text; text after it continues from the largest)."""
+        image: its temporal/row/column grid after the preceding text; text after it continues from the largest).
+        Qwen3-VL: ``decoder_kwargs`` carries the image positions (``visual_pos_masks``) and the deepstack features."""
         features = None if image_features is None else QwenImageFeatures.gather(image_features)
         spliced = super().splice_inputs(
             input_ids, attention_mask, None if features is None else features.embeddings, image_indices, padding_side
@@ -154,7 +179,11 @@ class Sa2VAQwenForCausalLM(Sam2MaskSide, SegmentationPass, Sa2VAQwenPreTrainedMo
         position_ids, _ = self.vlm.model.get_rope_index(
             token_types, mm_token_type_ids=token_types, image_grid_thw=grids, attention_mask=mask
         )
-        return SplicedInputs(spliced.inputs_embeds, mask, position_ids, spliced.token_positions)
+        deepstack = None if features is None else features.deepstack_inputs([image_indices[row] for row in image_rows])
+        extra = None
+        if deepstack is not None:
+            extra = {"visual_pos_masks": token_types.bool(), "deepstack_visual_embeds": deepstack}
+        return SplicedInputs(spliced.inputs_embeds, mask, position_ids, spliced.token_positions, extra)
 
     # ---- the full forward (training, teacher-forced checks) ----
     def forward(
