@@ -26,7 +26,7 @@ from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
 from .stage_config import build_flat_dataclass, read_config_dict
-from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
+from .trainer import latest_checkpoint, load_checkpoint, new_accelerator, save_checkpoint, warmup_then_linear_decay
 
 FINAL_MODEL_DIR = "model"
 
@@ -245,13 +245,12 @@ def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, sp
 def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: int | None = None,
                  progress: bool = True) -> Path:
     """Train, checkpoint every ``save_every`` steps, validate every ``val_every``; returns the final model dir."""
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model = build_sam(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))

@@ -120,6 +120,21 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
+def new_accelerator(**kwargs) -> Accelerator:
+    """``Accelerator(**kwargs)`` that may follow another run in the same process.
+
+    accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another precision ("has already
+    been initialized"), e.g. a pre-training stage at fp32 followed by ``train`` at bf16 in one Python session. A
+    single-process run starts that state afresh; launched multi-process runs keep it (it holds their process group).
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def _make_accelerator(config: TrainingConfig) -> Accelerator:
     """accelerate's state for this launch. Two fixes over a bare ``Accelerator()``:
 
@@ -130,7 +145,7 @@ def _make_accelerator(config: TrainingConfig) -> Accelerator:
     """
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         gradient_accumulation_steps=config.grad_accumulation_steps,
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
         cpu=world > 1 and not has_accelerator,

@@ -36,7 +36,7 @@ from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
-from .trainer import latest_checkpoint, load_checkpoint, save_checkpoint, warmup_then_linear_decay
+from .trainer import latest_checkpoint, load_checkpoint, new_accelerator, save_checkpoint, warmup_then_linear_decay
 
 FINAL_MODEL_DIR = "model"
 
@@ -225,7 +225,6 @@ def evaluate_vlm(model, tokenizer, image_processor, config: VlmPretrainConfig, n
 
 def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: int | None = None,
                  progress: bool = True) -> Path:
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     if config.threads:
@@ -242,7 +241,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
         tokenizer = build_world_tokenizer(config)
         tokenizer.save_pretrained(str(tokenizer_dir))
     image_processor = build_image_processor(config)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model = build_llava(config, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))

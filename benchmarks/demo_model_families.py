@@ -1,0 +1,55 @@
+"""Per-query-family scores of a `reasonseg eval` run on the shapes world (the demo model card's table).
+
+    reasonseg world generate --out runs/demo/world --split test --num 100
+    reasonseg eval --data reasonseg:runs/demo/world --split test --mode generate --all-queries --out runs/demo/eval
+    python benchmarks/demo_model_families.py runs/demo/eval runs/demo/world/test
+
+Prints gIoU (mean IoU), cIoU (summed intersection over summed union) and the share of answers with no [SEG] per
+family, read from the run's per_sample.jsonl and the family each sample's JSON names. The overall row counts only
+queries with a target (a no-target query is scored by its no-[SEG] share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def family_scores(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for line in per_sample.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("mode") != "generate":
+            continue
+        family = json.loads((data_dir / f"{Path(record['id']).stem}.json").read_text())["family"]
+        groups[family].append(record)
+        if record["has_target"]:
+            groups["all with a target"].append(record)
+    scores = {}
+    for family, records in groups.items():
+        union = sum(r["union"] for r in records)
+        scores[family] = {
+            "n": len(records),
+            "giou": sum(r["iou"] for r in records) / len(records),
+            "ciou": sum(r["intersection"] for r in records) / union if union else float("nan"),
+            "no_seg": sum(r["seg_count"] == 0 for r in records) / len(records),
+        }
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("eval_dir", type=Path, help="the --out folder of `reasonseg eval`")
+    parser.add_argument("data_dir", type=Path, help="the split folder the eval read (its JSONs name each family)")
+    args = parser.parse_args()
+    scores = family_scores(args.eval_dir / "per_sample.jsonl", args.data_dir)
+    print(f"{'family':<18}{'n':>5}{'gIoU':>8}{'cIoU':>8}{'no [SEG]':>10}")
+    for family in sorted(scores, key=lambda f: (f.startswith("all"), f)):
+        s = scores[family]
+        print(f"{family:<18}{s['n']:>5}{s['giou']:>8.3f}{s['ciou']:>8.3f}{s['no_seg']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
