@@ -101,7 +101,9 @@ def apply_precision_policy(model: ReasonSegForCausalLM, dtype: torch.dtype, devi
         part.to(torch.float32)
 
 
-def quantization_config(load_in_8bit: bool, load_in_4bit: bool):
+def quantization_config(load_in_8bit: bool, load_in_4bit: bool, skip_modules: list[str] | None = None):
+    """bitsandbytes settings; ``skip_modules``: the model class's parts kept out (default: reasonseg's/LISA's)."""
+    skip_modules = list(skip_modules or QUANTIZATION_SKIP_MODULES)
     if not (load_in_8bit or load_in_4bit):
         return None
     if load_in_8bit and load_in_4bit:
@@ -112,12 +114,12 @@ def quantization_config(load_in_8bit: bool, load_in_4bit: bool):
     except ImportError:
         raise UnsupportedError("8/4-bit loading needs bitsandbytes: pip install 'reasonseg[quant]'") from None
     if load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+        llm_int8_skip_modules=skip_modules,
     )
 
 
@@ -137,12 +139,6 @@ def load_model_and_processor(
     directory = locate_checkpoint(name_or_path)
     kind = checkpoint_kind(read_config(directory))
     quantization = quantization_config(load_in_8bit, load_in_4bit)
-    if kind in SA2VA_QWEN_KINDS and (quantization is not None or device_map is not None):
-        raise UnsupportedError(
-            "8/4-bit loading and device_map are not supported for Sa2VA's Qwen-VL variants yet; load them whole "
-            "(precision='bf16' halves the memory)"
-        )
-
     if kind == "lisa" and quantization is None and device_map is None:
         from .lisa import load_lisa_checkpoint
 
@@ -151,7 +147,7 @@ def load_model_and_processor(
         from .sa2va import load_sa2va_checkpoint
 
         model, processor = load_sa2va_checkpoint(directory, dtype=dtype)
-    elif kind == "sa2va_qwen":
+    elif kind == "sa2va_qwen" and quantization is None and device_map is None:
         from .sa2va_qwen import load_sa2va_qwen_checkpoint
 
         model, processor = load_sa2va_qwen_checkpoint(directory, dtype=dtype)
@@ -159,17 +155,17 @@ def load_model_and_processor(
         model_class, processor_class = ReasonSegForCausalLM, ReasonSegProcessor
         if kind == "lisa":
             directory = converted_lisa_cache(directory, vision_tower)
-        elif kind in SA2VA_KINDS:
+        elif kind in SA2VA_KINDS + SA2VA_QWEN_KINDS:
             from .sa2va import converted_sa2va_cache, native_sa2va_classes
-
-            directory = converted_sa2va_cache(directory) if kind == "sa2va" else directory
-            model_class, processor_class = native_sa2va_classes()
-        elif kind == "reasonseg_sa2va_qwen":
             from .sa2va_qwen import native_sa2va_qwen_classes
 
-            model_class, processor_class = native_sa2va_qwen_classes()
+            directory = converted_sa2va_cache(directory) if kind in ("sa2va", "sa2va_qwen") else directory
+            classes = native_sa2va_qwen_classes if kind in SA2VA_QWEN_KINDS else native_sa2va_classes
+            model_class, processor_class = classes()
         kwargs = {"dtype": dtype}
         if quantization is not None:
+            skip = getattr(model_class, "quantization_skip_modules", QUANTIZATION_SKIP_MODULES)
+            quantization = quantization_config(load_in_8bit, load_in_4bit, skip)
             # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16
             warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
             kwargs["quantization_config"] = quantization
@@ -195,27 +191,40 @@ PINNED_PARTS = ("vision_tower", "multi_modal_projector", "sam", "seg_projection"
 
 def plan_device_map(directory: Path, dtype: torch.dtype, max_memory: dict | None, model_class=None) -> dict:
     """accelerate's big-model placement for the language model; the image and mask parts pinned to the first
-    device (charged against its budget), where the masks are computed."""
+    device (charged against its budget), where the masks are computed. A model class names its own parts with
+    ``device_map_pinned_parts`` and ``device_map_language_parts`` (module paths; default: PINNED_PARTS and
+    ``language_model``)."""
     from accelerate import infer_auto_device_map, init_empty_weights
     from accelerate.utils import get_max_memory
 
     model_class = model_class or ReasonSegForCausalLM
+    pinned_parts = getattr(model_class, "device_map_pinned_parts", PINNED_PARTS)
+    language_parts = getattr(model_class, "device_map_language_parts", ("language_model",))
     config = model_class.config_class.from_pretrained(str(directory))
     with init_empty_weights():
         skeleton = model_class(config)
     budget = get_max_memory(max_memory)
     first = next(iter(budget))
     itemsize = torch.tensor([], dtype=dtype).element_size()
-    pinned_bytes = sum(p.numel() for name in PINNED_PARTS for p in getattr(skeleton, name).parameters()) * itemsize
+    pinned_bytes = sum(p.numel() for name in pinned_parts for p in skeleton.get_submodule(name).parameters()) * itemsize
     budget[first] = max(budget[first] - pinned_bytes, 0)
+    # the language parts under their own paths in one module, so accelerate places (and ties) them together
+    language = torch.nn.Module()
+    for path in language_parts:
+        parent = language
+        *heads, leaf = path.split(".")
+        for name in heads:
+            parent = parent._modules.setdefault(name, torch.nn.Module())
+        parent.add_module(leaf, skeleton.get_submodule(path))
     language_map = infer_auto_device_map(
-        skeleton.language_model,
+        language,
         max_memory=budget,
         no_split_module_classes=skeleton._no_split_modules,
         dtype=dtype,
     )
-    plan = {name: first for name in PINNED_PARTS}
-    plan.update({f"language_model.{k}" if k else "language_model": v for k, v in language_map.items()})
+    plan = {name: first for name in pinned_parts}
+    for key, device in language_map.items():
+        plan.update({path: device for path in language_parts} if not key else {key: device})
     return plan
 
 

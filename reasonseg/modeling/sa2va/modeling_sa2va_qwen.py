@@ -102,6 +102,13 @@ class Sa2VAQwenForCausalLM(Sam2MaskSide, SegmentationPass, Sa2VAQwenPreTrainedMo
     """``vlm``: the whole Qwen-VL model (``vlm.model.visual``, ``vlm.model.language_model``, ``vlm.lm_head``);
     ``sam``: transformers' ``Sam2Model``; ``seg_projection``: ``text_hidden_fcs``."""
 
+    # kept out of 8/4-bit quantisation: the Qwen-VL vision tower (with its merger), SAM2, the [SEG] projection
+    # (``text_hidden_fcs``) and ``lm_head``; only the language model's linear layers are quantised
+    quantization_skip_modules = ["vlm.model.visual", "sam", "seg_projection", "vlm.lm_head"]
+    # device_map="auto": these whole on the first device; the language model and lm_head spread by accelerate
+    device_map_pinned_parts = ("vlm.model.visual", "sam", "seg_projection")
+    device_map_language_parts = ("vlm.model.language_model", "vlm.lm_head")
+
     def __init__(self, config: Sa2VAQwenConfig):
         super().__init__(config)
         self.vlm = vlm_class_for(config.vlm_config)(config.vlm_config)
