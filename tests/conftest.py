@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,35 @@ class ScriptedHead(nn.Module):
 
 def script_answers(model, processor, script: list[int]) -> ScriptedHead:
     head = ScriptedHead(script, model.config.text_config.vocab_size, processor.eos_token_id)
-    model.language_model.lm_head = head
+    model.set_output_embeddings(head)
     return head
+
+
+@contextmanager
+def counted_image_and_decoder_calls(model):
+    """Counts the vision tower's and SAM's image-encoder calls and records the sequence length of every decoder call
+    while the block runs (``{"vision", "sam", "decoder_lengths"}``); the original forwards come back after."""
+    calls = {"vision": 0, "sam": 0, "decoder_lengths": []}
+    modules = {"vision": model.vision_tower, "sam": model.sam.vision_encoder, "decoder": model.decoder}
+    originals = {name: module.forward for name, module in modules.items()}
+
+    def counting(name):
+        def forward(*args, **kwargs):
+            if name == "decoder":
+                calls["decoder_lengths"].append(kwargs["inputs_embeds"].shape[1])
+            else:
+                calls[name] += 1
+            return originals[name](*args, **kwargs)
+
+        return forward
+
+    for name, module in modules.items():
+        module.forward = counting(name)
+    try:
+        yield calls
+    finally:
+        for name, module in modules.items():
+            module.forward = originals[name]
 
 
 def teacher_forced_forward(model, processor, image, prompt: str, answer_ids: list[int]):

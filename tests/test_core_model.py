@@ -9,7 +9,7 @@ import torch
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import script_answers, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
 
 PROMPT = "What is the red circle in this image? Please output segmentation mask."
 
@@ -99,24 +99,13 @@ def test_seg_states_equal_a_teacher_forced_forward(tiny, rgb_image):
 
 def test_second_turn_reuses_image_features(tiny, rgb_image):
     model, processor = tiny
-    calls = {"vision": 0, "sam": 0}
-    vision_forward, sam_forward = model.vision_tower.forward, model.sam.vision_encoder.forward
-
-    def count(name, forward):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return forward(*args, **kwargs)
-
-        return wrapper
-
-    model.vision_tower.forward = count("vision", vision_forward)
-    model.sam.vision_encoder.forward = count("sam", sam_forward)
     seg_id = processor.seg_token_id
     script_answers(model, processor, [5, seg_id, processor.eos_token_id, 7, seg_id])
-    session = Segmenter(model, processor).chat(rgb_image)
-    first = session.ask(PROMPT, max_new_tokens=5)
-    second = session.ask("and the other one?", max_new_tokens=5)
-    assert calls == {"vision": 1, "sam": 1}
+    with counted_image_and_decoder_calls(model) as calls:
+        session = Segmenter(model, processor).chat(rgb_image)
+        first = session.ask(PROMPT, max_new_tokens=5)
+        second = session.ask("and the other one?", max_new_tokens=5)
+    assert (calls["vision"], calls["sam"]) == (1, 1)
     assert len(first.masks) == 1 and len(second.masks) == 1
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import script_answers, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sa2va_ref_tiny"
 PROMPT = "Please segment the blood vessel."
@@ -177,34 +177,17 @@ def test_trailing_seg_still_gives_a_mask_and_force_seg_works(tiny_sa2va, square_
 
 def test_chat_second_question_reuses_features_and_kv_cache(tiny_sa2va, wide_image):
     model, processor = tiny_sa2va
-    calls = {"vision": 0, "sam": 0, "prefill_lengths": []}
-    vision_forward, sam_forward, decoder_forward = (
-        model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward
-    )
-
-    def vision(*args, **kwargs):
-        calls["vision"] += 1
-        return vision_forward(*args, **kwargs)
-
-    def sam(*args, **kwargs):
-        calls["sam"] += 1
-        return sam_forward(*args, **kwargs)
-
-    def decoder(*args, **kwargs):
-        calls["prefill_lengths"].append(kwargs["inputs_embeds"].shape[1])
-        return decoder_forward(*args, **kwargs)
-
-    model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward = vision, sam, decoder
     seg_id, eos = processor.seg_token_id, processor.eos_token_id
     script_answers(model, processor, [45, seg_id, 48, eos, 47, seg_id, 49, eos])
-    session = Segmenter(model, processor).chat(wide_image)
-    first = session.ask(PROMPT, max_new_tokens=6)
-    first_calls = len(calls["prefill_lengths"])
-    second = session.ask("And the other one?", max_new_tokens=6)
+    with counted_image_and_decoder_calls(model) as calls:
+        session = Segmenter(model, processor).chat(wide_image)
+        first = session.ask(PROMPT, max_new_tokens=6)
+        first_calls = len(calls["decoder_lengths"])
+        second = session.ask("And the other one?", max_new_tokens=6)
     assert calls["vision"] == 1 and calls["sam"] == 1
     continuation = [eos] if first.token_ids[-1] != eos else []
     # the second turn feeds only its own ids (the stop token still pending + separator + question), not the history
-    assert calls["prefill_lengths"][first_calls] == len(first.token_ids[-1:] + continuation + processor.continuation_ids("And the other one?"))
+    assert calls["decoder_lengths"][first_calls] == len(first.token_ids[-1:] + continuation + processor.continuation_ids("And the other one?"))
     assert first.num_masks == 1 and second.num_masks == 1
 
     # the same second answer and mask from scratch, without any cache
@@ -212,7 +195,6 @@ def test_chat_second_question_reuses_features_and_kv_cache(tiny_sa2va, wide_imag
     ids = history + processor.continuation_ids("And the other one?") + second.token_ids
     ids_t = torch.tensor([ids])
     inputs = processor.preprocess_image(wide_image)
-    model.decoder.forward = decoder_forward
     with torch.no_grad():
         out = model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), pixel_values=inputs.pixel_values,
                     sam_pixel_values=inputs.sam_pixel_values, resized_sizes=[inputs.resized_size],

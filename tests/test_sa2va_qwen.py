@@ -20,7 +20,7 @@ from reasonseg.inference.generation import greedy_decode
 from reasonseg.modeling.sa2va.tiny import tiny_sam2_hints
 from reasonseg.modeling.sa2va.tiny_qwen import build_tiny_sa2va_qwen
 
-from .conftest import ScriptedHead, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
 
 PROMPT = "the vessel"
 
@@ -43,12 +43,6 @@ def image() -> Image.Image:
 def tall_image() -> Image.Image:
     rng = np.random.RandomState(2)
     return Image.fromarray((rng.rand(72, 32, 3) * 255).astype(np.uint8))
-
-
-def script(model, processor, ids: list[int]) -> ScriptedHead:
-    head = ScriptedHead(ids, model.config.text_config.vocab_size, processor.eos_token_id)
-    model.vlm.lm_head = head
-    return head
 
 
 def test_prompt_image_grid_and_positions(tiny_qwen, image):
@@ -128,7 +122,7 @@ def test_segmenter_predict_and_forced_seg(tiny_qwen, image):
     model, processor = tiny_qwen
     segmenter = Segmenter(model, processor)
     seg, eos = processor.seg_token_id, processor.eos_token_id
-    script(model, processor, [45, seg, 46, eos])
+    script_answers(model, processor, [45, seg, 46, eos])
     prediction = segmenter.predict(image, PROMPT, max_new_tokens=8)
     assert prediction.token_ids == [45, seg, 46, eos] and prediction.num_masks == 1
     assert prediction.masks[0].shape == (40, 56) and prediction.masks[0].dtype == bool
@@ -136,7 +130,7 @@ def test_segmenter_predict_and_forced_seg(tiny_qwen, image):
     out, _, _ = teacher_forced_forward(model, processor, image, PROMPT, prediction.token_ids)
     np.testing.assert_allclose(out.pred_masks[0][0].numpy(), prediction.mask_logits[0], atol=1e-5, rtol=0)
 
-    script(model, processor, [45, 46, eos])
+    script_answers(model, processor, [45, 46, eos])
     forced = segmenter.predict(image, PROMPT, max_new_tokens=8, force_seg=True)
     assert forced.seg_forced and forced.token_ids == [45, 46, seg] and forced.masks[0].shape == (40, 56)
 
@@ -145,39 +139,21 @@ def test_stops_at_endoftext_too(tiny_qwen, image):
     model, processor = tiny_qwen
     endoftext = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert processor.stop_token_ids == {processor.eos_token_id, endoftext}
-    script(model, processor, [45, endoftext, 46, 47])
+    script_answers(model, processor, [45, endoftext, 46, 47])
     assert Segmenter(model, processor).predict(image, PROMPT, max_new_tokens=8).token_ids == [45, endoftext]
 
 
 def test_chat_reuses_image_features_and_cache(tiny_qwen, image):
     model, processor = tiny_qwen
-    calls = {"vision": 0, "sam": 0, "lengths": []}
-    vision_forward, sam_forward, decoder_forward = (
-        model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward
-    )
-
-    def vision(*args, **kwargs):
-        calls["vision"] += 1
-        return vision_forward(*args, **kwargs)
-
-    def sam(*args, **kwargs):
-        calls["sam"] += 1
-        return sam_forward(*args, **kwargs)
-
-    def decoder(*args, **kwargs):
-        calls["lengths"].append(kwargs["inputs_embeds"].shape[1])
-        return decoder_forward(*args, **kwargs)
-
-    model.vision_tower.forward, model.sam.vision_encoder.forward, model.decoder.forward = vision, sam, decoder
     seg, eos = processor.seg_token_id, processor.eos_token_id
-    script(model, processor, [45, seg, 48, eos, 47, seg, 49, eos])
-    session = Segmenter(model, processor).chat(image)
-    first = session.ask(PROMPT, max_new_tokens=6)
-    before = len(calls["lengths"])
-    second = session.ask("And the other one?", max_new_tokens=6)
+    script_answers(model, processor, [45, seg, 48, eos, 47, seg, 49, eos])
+    with counted_image_and_decoder_calls(model) as calls:
+        session = Segmenter(model, processor).chat(image)
+        first = session.ask(PROMPT, max_new_tokens=6)
+        before = len(calls["decoder_lengths"])
+        second = session.ask("And the other one?", max_new_tokens=6)
     assert calls["vision"] == 1 and calls["sam"] == 1
-    assert calls["lengths"][before] == len([eos] + processor.continuation_ids("And the other one?"))
-    model.decoder.forward = decoder_forward
+    assert calls["decoder_lengths"][before] == len([eos] + processor.continuation_ids("And the other one?"))
     # both masks equal a teacher-forced pass over the whole conversation, without any cache
     ids = (processor.encode(processor.conversation_prompt([(PROMPT, None)])) + first.token_ids
            + processor.continuation_ids("And the other one?") + second.token_ids)
