@@ -426,12 +426,19 @@ def load_sa2va_checkpoint(directory: str | Path, dtype: torch.dtype = torch.floa
     model = build_on_meta(Sa2VAForCausalLM, config)
     source_llm = ((raw.get("llm_config") or {}).get("architectures") or [""])[0]
     tensors = convert_sa2va_state_dict(iter_checkpoint_tensors(directory), config, source_llm)
-    embed_key = "language_model.model.embed_tokens.weight"
-    if "language_model.lm_head.weight" not in tensors and embed_key in tensors:
-        tensors["language_model.lm_head.weight"] = tensors[embed_key]  # tied word embeddings
+    finish_meta_model(model, tensors, dtype, directory, "language_model.lm_head.weight",
+                      "language_model.model.embed_tokens.weight")
+    return model.eval(), processor
+
+
+def finish_meta_model(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype, directory: Path,
+                      lm_head_key: str, embed_key: str) -> None:
+    """Put a converted checkpoint's tensors into its meta-built model: an absent ``lm_head_key`` is the word
+    embeddings (tied in the checkpoint), then :func:`assign_tensors`; the model remembers where it came from."""
+    if lm_head_key not in tensors and embed_key in tensors:
+        tensors[lm_head_key] = tensors[embed_key]
     assign_tensors(model, tensors, dtype)
     model.config._name_or_path = str(directory)
-    return model.eval(), processor
 
 
 def assign_tensors(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import CheckpointError, UnsupportedError
 from .sa2va import (
-    NATIVE_QWEN_MODEL_TYPE, SA2VA_MODEL_TYPE, assign_tensors, convert_sa2va_state_dict, native_items_to_sa2va,
+    NATIVE_QWEN_MODEL_TYPE, SA2VA_MODEL_TYPE, convert_sa2va_state_dict, finish_meta_model, native_items_to_sa2va,
     sam2_config_from_tensors, tensor_shapes,
 )
 from .state_dicts import iter_checkpoint_tensors
@@ -135,11 +135,8 @@ def load_sa2va_qwen_checkpoint(directory: str | Path, dtype: torch.dtype = torch
     config = sa2va_qwen_config(raw, tensor_shapes(directory), processor.seg_token_id)
     model = build_on_meta(Sa2VAQwenForCausalLM, config)
     tensors = convert_sa2va_qwen_state_dict(iter_checkpoint_tensors(directory), config)
-    embed_key = "vlm.model.language_model.embed_tokens.weight"
-    if "vlm.lm_head.weight" not in tensors and embed_key in tensors:
-        tensors["vlm.lm_head.weight"] = tensors[embed_key]  # tied word embeddings
-    assign_tensors(model, tensors, dtype)
-    model.config._name_or_path = str(directory)
+    finish_meta_model(model, tensors, dtype, directory, "vlm.lm_head.weight",
+                      "vlm.model.language_model.embed_tokens.weight")
     return model.eval(), processor
 
 

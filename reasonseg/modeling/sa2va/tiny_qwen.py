@@ -29,29 +29,28 @@ def build_tiny_sa2va_qwen_tokenizer(vocab_size: int = 300) -> PreTrainedTokenize
     )
 
 
-def tiny_qwen25_vl_config(tokenizer) -> dict:
+def _tiny_qwen_vl_config(tokenizer, model_type: str, text_extra: dict, vision_config: dict) -> dict:
+    """The parts both tiny Qwen-VL families share: a 2-layer, 64-wide text model, Qwen's special-token ids."""
     ids = tokenizer.get_vocab()
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=None,
+        initializer_range=0.1,
+        **text_extra,
+    )
     return dict(
-        model_type="qwen2_5_vl",
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # head dim 16: 8 frequencies
-            tie_word_embeddings=False,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            bos_token_id=None,
-            initializer_range=0.1,
-        ),
-        vision_config=dict(
-            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
-            temporal_patch_size=2, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0], initializer_range=0.1,
-        ),
+        model_type=model_type,
+        text_config=text_config,
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -60,37 +59,32 @@ def tiny_qwen25_vl_config(tokenizer) -> dict:
     )
 
 
+def tiny_qwen25_vl_config(tokenizer) -> dict:
+    return _tiny_qwen_vl_config(
+        tokenizer,
+        "qwen2_5_vl",
+        text_extra=dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),  # head dim 16: 8 frequencies
+        vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+            temporal_patch_size=2, out_hidden_size=64, window_size=16, fullatt_block_indexes=[0], initializer_range=0.1,
+        ),
+    )
+
+
 def tiny_qwen3_vl_config(tokenizer) -> dict:
-    ids = tokenizer.get_vocab()
-    return dict(
-        model_type="qwen3_vl",
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+    return _tiny_qwen_vl_config(
+        tokenizer,
+        "qwen3_vl",
+        text_extra=dict(
             head_dim=16,
-            max_position_embeddings=1024,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                              "mrope_interleaved": True},
-            tie_word_embeddings=False,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            bos_token_id=None,
-            initializer_range=0.1,
         ),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
             temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=16, deepstack_visual_indexes=[0],
             initializer_range=0.1,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
     )
 
 
