@@ -83,19 +83,25 @@ def counted_image_and_decoder_calls(model):
             module.forward = originals[name]
 
 
-def teacher_forced_forward(model, processor, image, prompt: str, answer_ids: list[int]):
-    """The full forward (as in training) over ``prompt`` plus an answer's tokens; returns (output, ids, inputs)."""
+def forward_over_ids(model, processor, image, ids: list[int], return_logits: bool = False):
+    """One full forward (as in training, no cache) over the token ids of a conversation about ``image``; returns
+    (output, ids tensor, preprocessed inputs)."""
     inputs = processor.preprocess_image(image)
-    prompt_ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
-    ids = torch.tensor([prompt_ids + answer_ids])
+    ids_t = torch.tensor([ids])
     with torch.no_grad():
         out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            input_ids=ids_t,
+            attention_mask=torch.ones_like(ids_t),
             pixel_values=inputs.pixel_values,
             sam_pixel_values=inputs.sam_pixel_values,
             resized_sizes=[inputs.resized_size],
             original_sizes=[inputs.original_size],
-            return_logits=False,
+            return_logits=return_logits,
         )
-    return out, ids, inputs
+    return out, ids_t, inputs
+
+
+def teacher_forced_forward(model, processor, image, prompt: str, answer_ids: list[int]):
+    """The full forward over ``prompt`` plus an answer's tokens; returns (output, ids, inputs)."""
+    prompt_ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
+    return forward_over_ids(model, processor, image, prompt_ids + answer_ids)

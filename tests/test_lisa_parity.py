@@ -12,6 +12,8 @@ from PIL import Image
 from reasonseg import Segmenter
 from reasonseg.checkpoints.lisa import load_lisa_checkpoint
 
+from .conftest import forward_over_ids
+
 
 @pytest.fixture(scope="module")
 def loaded(lisa_fixture):
@@ -62,17 +64,7 @@ def test_forced_seg_cases(loaded, lisa_fixture, image_a, case_index):
     expected = np.load(lisa_fixture / "expected" / f"{case['name']}.npz")
     ids = processor.encode(processor.conversation_prompt([(case["prompt"], case["answer"])]))
     assert ids == expected["input_ids"][0].tolist()
-    inputs = processor.preprocess_image(image_a)
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = model(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pixel_values=inputs.pixel_values,
-            sam_pixel_values=inputs.sam_pixel_values,
-            resized_sizes=[inputs.resized_size],
-            original_sizes=[inputs.original_size],
-        )
+    out, _, inputs = forward_over_ids(model, processor, image_a, ids, return_logits=True)
     assert list(inputs.resized_size) == case["resize"] and list(inputs.original_size) == case["original_size"]
     np.testing.assert_allclose(out.seg_hidden_states.numpy(), expected["seg_hidden_states"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(out.seg_embeddings.numpy(), expected["pred_embeddings"], atol=1e-5, rtol=0)
@@ -164,12 +156,8 @@ def test_half_precisions_run_with_sam_decoder_in_fp32(lisa_fixture, precision):
     expected = np.load(lisa_fixture / "expected" / "forced_seg1.npz")["pred_masks"]
     processor = segmenter.processor
     image = Image.open(lisa_fixture / "inputs" / "image_a.png").convert("RGB")
-    inputs = processor.preprocess_image(image)
-    ids = torch.tensor([processor.encode(processor.conversation_prompt([(case["prompt"], case["answer"])]))])
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs.pixel_values,
-                    sam_pixel_values=inputs.sam_pixel_values, resized_sizes=[inputs.resized_size],
-                    original_sizes=[inputs.original_size], return_logits=False)
+    ids = processor.encode(processor.conversation_prompt([(case["prompt"], case["answer"])]))
+    out, _, _ = forward_over_ids(model, processor, image, ids)
     logits = out.pred_masks[0].float().numpy()
     # measured: max |diff| 2.0e-3 (bf16) and 6.7e-5 (fp16) on logits of scale 0.3; correlation 0.99998+
     assert np.abs(logits - expected).max() < 2e-2

@@ -20,7 +20,7 @@ from PIL import Image
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, forward_over_ids, script_answers, teacher_forced_forward
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sa2va_ref_tiny"
 PROMPT = "Please segment the blood vessel."
@@ -193,12 +193,7 @@ def test_chat_second_question_reuses_features_and_kv_cache(tiny_sa2va, wide_imag
     # the same second answer and mask from scratch, without any cache
     history = processor.encode(processor.conversation_prompt([(PROMPT, None)])) + first.token_ids + continuation
     ids = history + processor.continuation_ids("And the other one?") + second.token_ids
-    ids_t = torch.tensor([ids])
-    inputs = processor.preprocess_image(wide_image)
-    with torch.no_grad():
-        out = model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), pixel_values=inputs.pixel_values,
-                    sam_pixel_values=inputs.sam_pixel_values, resized_sizes=[inputs.resized_size],
-                    original_sizes=[inputs.original_size], return_logits=False)
+    out, _, _ = forward_over_ids(model, processor, wide_image, ids)
     assert len(out.pred_masks[0]) == 2  # both turns' [SEG]s
     np.testing.assert_allclose(out.pred_masks[0][1].numpy(), second.mask_logits[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(out.pred_masks[0][0].numpy(), first.mask_logits[0], atol=1e-5, rtol=0)

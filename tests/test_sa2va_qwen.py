@@ -20,7 +20,7 @@ from reasonseg.inference.generation import greedy_decode
 from reasonseg.modeling.sa2va.tiny import tiny_sam2_hints
 from reasonseg.modeling.sa2va.tiny_qwen import build_tiny_sa2va_qwen
 
-from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, forward_over_ids, script_answers, teacher_forced_forward
 
 PROMPT = "the vessel"
 
@@ -157,12 +157,7 @@ def test_chat_reuses_image_features_and_cache(tiny_qwen, image):
     # both masks equal a teacher-forced pass over the whole conversation, without any cache
     ids = (processor.encode(processor.conversation_prompt([(PROMPT, None)])) + first.token_ids
            + processor.continuation_ids("And the other one?") + second.token_ids)
-    t = torch.tensor([ids])
-    inputs = processor.preprocess_image(image)
-    with torch.no_grad():
-        out = model(input_ids=t, attention_mask=torch.ones_like(t), pixel_values=inputs.pixel_values,
-                    sam_pixel_values=inputs.sam_pixel_values, resized_sizes=[inputs.resized_size],
-                    original_sizes=[inputs.original_size], return_logits=False)
+    out, _, _ = forward_over_ids(model, processor, image, ids)
     np.testing.assert_allclose(out.pred_masks[0][0].numpy(), first.mask_logits[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(out.pred_masks[0][1].numpy(), second.mask_logits[0], atol=1e-5, rtol=0)
 
