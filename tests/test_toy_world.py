@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -99,6 +100,10 @@ def test_every_family_and_answer_conventions(samples):
             families[q.family] += 1
             kinds[q.kind] += 1
             assert q.answer.count("[SEG]") == len(q.targets)
+            # each [SEG] follows the 8x8 grid cell of its target's innermost point, targets in order
+            named = [(int(c), int(r)) for c, r in re.findall(r"[Aa]t \((\d), (\d)\) \[SEG\]", q.answer)]
+            cells = [(s.objects[t].point[0] * 8 // s.width, s.objects[t].point[1] * 8 // s.height) for t in q.targets]
+            assert named == cells, (q.answer, cells)
             assert len(set(q.targets)) == len(q.targets) and all(0 <= t < len(s.objects) for t in q.targets)
             assert q.text and q.is_sentence == (q.text[-1] in ".?")
             if q.family == "no_target":

@@ -32,6 +32,9 @@ class ReasonSegConfig(PreTrainedConfig):
     mask_selection: ``"first"``: single-mask output (``multimask_output=False``; LISA) or ``"best_iou"``: three
         candidate masks, keep the one with the highest predicted IoU (Sa2VA).
     ce_loss_weight, bce_loss_weight, dice_loss_weight: training loss weights (LISA: 1.0, 2.0, 0.5).
+    seg_point_loss_weight: weight of an auxiliary loss LISA does not have (0: off): the mean squared distance of each
+        [SEG] prompt to SAM's prompt token for a positive point at the innermost pixel of its target mask. It gives a
+        mask decoder that was pre-trained with point prompts a direct signal of where the target is.
     """
 
     model_type = "reasonseg"
@@ -56,6 +59,7 @@ class ReasonSegConfig(PreTrainedConfig):
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
+    seg_point_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from .configuration_reasonseg import ReasonSegConfig
 from .multimodal_inputs import SplicedInputs
 from .placement import execution_device, parameter_dtype
+from .point_prompts import innermost_points_in_sam_frame, positive_point_embeddings
 from .projector import build_projector
 from .sam import build_sam_model, decode_seg_masks, sam_image_embeddings
 from .seg_projection import SegProjection
@@ -111,9 +112,27 @@ class ReasonSegForCausalLM(LanguageModelDelegation, SegmentationPass, ReasonSegP
         """
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
-        return self.segmentation_pass(input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
-                                      sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks,
-                                      return_logits)
+        output = self.segmentation_pass(input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
+                                        sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks,
+                                        return_logits)
+        weight = self.config.seg_point_loss_weight
+        if weight and gt_masks is not None and output.seg_embeddings is not None and output.loss is not None:
+            output.seg_point_loss = weight * self.seg_point_loss(output.seg_embeddings, gt_masks, resized_sizes,
+                                                                 original_sizes)
+            output.loss = output.loss + output.seg_point_loss.to(output.loss.device)
+        return output
+
+    def seg_point_loss(self, seg_embeddings: torch.Tensor, gt_masks: list[torch.Tensor], resized_sizes,
+                       original_sizes) -> torch.Tensor:
+        """Mean squared distance of the [SEG] prompts (``[n, C]``, image by image in reading order, as ``gt_masks``)
+        to SAM's positive-point token at each target's innermost pixel (a fixed target: no gradient flows into it)."""
+        points = torch.cat([innermost_points_in_sam_frame(masks, tuple(resized), tuple(original))
+                            for masks, resized, original in zip(gt_masks, resized_sizes, original_sizes)])
+        if points.shape[0] == 0:
+            return seg_embeddings.sum() * 0.0
+        with torch.no_grad():
+            targets = positive_point_embeddings(self.sam, points)
+        return torch.nn.functional.mse_loss(seg_embeddings.float(), targets.float().to(seg_embeddings.device))
 
     def sam_embeddings_per_image(self, embeddings) -> list:
         return [embeddings[i : i + 1] for i in range(embeddings.shape[0])]

@@ -27,6 +27,7 @@ class ReasonSegOutput(ModelOutput):
     mask_bce_loss: torch.Tensor | None = None
     mask_dice_loss: torch.Tensor | None = None
     mask_loss: torch.Tensor | None = None
+    seg_point_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     pred_masks: list[torch.Tensor] | None = None
     low_res_masks: list[torch.Tensor] | None = None

@@ -54,6 +54,8 @@ class TrainingConfig:
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
+    # auxiliary, not LISA's (0: off): pull each [SEG] prompt towards SAM's point prompt at its target's innermost pixel
+    seg_point_loss_weight: float = 0.0
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     # QLoRA: the frozen base model in 4- or 8-bit (bitsandbytes; CUDA only), LoRA and the trained parts in fp32

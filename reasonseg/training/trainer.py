@@ -224,8 +224,8 @@ def _truncate_log(output_dir: Path, step: int) -> None:
 def train(config: TrainingConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> Path:
     """Run (or resume) training; returns the output directory. ``stop_after`` ends early (tests, time limits).
 
-    ``log.jsonl`` gets one ``{"event": "train", "step", "loss", "ce", "mask_bce", "mask_dice", "lr"}`` line per
-    optimiser step (loss terms averaged over the step's micro-batches and processes) and one
+    ``log.jsonl`` gets one ``{"event": "train", "step", "loss", "ce", "mask_bce", "mask_dice", "seg_point", "lr"}``
+    line per optimiser step (loss terms averaged over the step's micro-batches and processes) and one
     ``{"event": "validation", "step", "giou", "ciou", "count", ...}`` line per validation.
     """
     output_dir = Path(config.output_dir)
@@ -310,11 +310,12 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
             float(output.ce_loss.detach()),
             float(output.mask_bce_loss.detach()) if output.mask_bce_loss is not None else 0.0,
             float(output.mask_dice_loss.detach()) if output.mask_dice_loss is not None else 0.0,
+            float(output.seg_point_loss.detach()) if output.seg_point_loss is not None else 0.0,
         ])
         if not accelerator.sync_gradients:
             continue
         step += 1
-        means = _mean_over_processes(accelerator, dict(zip(("loss", "ce", "mask_bce", "mask_dice"),
+        means = _mean_over_processes(accelerator, dict(zip(("loss", "ce", "mask_bce", "mask_dice", "seg_point"),
                                                            np.mean(terms, axis=0).tolist())))
         terms = []
         last_log = {"event": "train", "step": step, **means, "lr": scheduler.get_last_lr()[0]}

@@ -16,6 +16,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from ...modeling.point_prompts import innermost_point
 from .vocab import (
     BACKGROUNDS,
     COLOUR_JITTER,
@@ -315,8 +316,7 @@ def _finish(canvas: _Canvas, background: BackgroundSpec) -> Scene:
         u8 = crop.astype(np.uint8)
         m = cv2.moments(u8, binaryImage=True)
         centroid = (x0 + m["m10"] / m["m00"], y0 + m["m01"] / m["m00"])
-        dist = cv2.distanceTransform(np.pad(u8, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-        py, px = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        px, py = innermost_point(u8)
         contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + np.array([x0, y0], dtype=np.int32)
         rgb = tuple(int(v) for v in (spec.rgb if spec.rgb is not None else COLOURS[spec.colour]))
