@@ -109,7 +109,7 @@ def grid_cell(obj: SceneObject, width: int, height: int) -> tuple[int, int]:
     return min(GROUNDING_GRID - 1, x * GROUNDING_GRID // width), min(GROUNDING_GRID - 1, y * GROUNDING_GRID // height)
 
 
-def ground(answer: str, w: _World, targets: tuple[int, ...]) -> str:
+def ground(answer: str, scene: Scene, targets: tuple[int, ...]) -> str:
     """Put "at (column, row)" before each [SEG] of ``answer``, for its target in order: the answer says where each
     mask is, so the state feeding each [SEG] follows tokens that name the target's place."""
     pieces = answer.split("[SEG]")
@@ -117,7 +117,7 @@ def ground(answer: str, w: _World, targets: tuple[int, ...]) -> str:
         raise ValueError(f"answer {answer!r} has {len(pieces) - 1} [SEG] for {len(targets)} targets")
     out = pieces[0]
     for target, rest in zip(targets, pieces[1:]):
-        column, row = grid_cell(w.objs[target], w.width, w.height)
+        column, row = grid_cell(scene.objects[target], scene.width, scene.height)
         out += f"at ({column}, {row}) [SEG]" + rest
     return cap(out)
 
@@ -638,14 +638,14 @@ def _answer(w: _World, cand: _Candidate, text: str, rng: random.Random) -> str:
         return rng.choice(cand.absent)
     if len(cand.targets) == 1 and cand.plural is None:
         name = w.name(cand.targets[0])
-        return ground(rng.choice(SINGLE_ANSWERS).format(name=name, Name=cap(name)), w, cand.targets)
+        return ground(rng.choice(SINGLE_ANSWERS).format(name=name, Name=cap(name)), w.scene, cand.targets)
     segs = seg_list(len(cand.targets))
     if text.startswith("How many"):
         template = MULTI_ANSWERS[-1]
     else:
         template = rng.choice(MULTI_ANSWERS)
     answer = template.format(segs=segs, Segs=cap(segs), count=number_word(len(cand.targets)), pl=cand.plural)
-    return ground(answer, w, cand.targets)
+    return ground(answer, w.scene, cand.targets)
 
 
 def _explanatory(w: _World, rng: random.Random, cands_by_family: dict[str, list[_Candidate]]) -> Query | None:
@@ -664,7 +664,8 @@ def _explanatory(w: _World, rng: random.Random, cands_by_family: dict[str, list[
 
     text = ask(base)
     name = w.name(cand.targets[0])
-    answer = ground(rng.choice(EXPLAIN_ANSWERS).format(name=name, Name=cap(name), reason=cand.reason), w, cand.targets)
+    answer = rng.choice(EXPLAIN_ANSWERS).format(name=name, Name=cap(name), reason=cand.reason)
+    answer = ground(answer, w.scene, cand.targets)
     others = [s for s in _sentences(cand) if s != base]
     alternatives = tuple(ask(s) for s in rng.sample(others, min(2, len(others))))
     return Query("explanatory", cand.kind, text, True, answer, cand.targets, alternatives, cand.reason)
@@ -712,9 +713,9 @@ def _canonical(w: _World, family: str, cand: _Candidate) -> Query:
     if cand.absent is not None:
         answer = cand.absent[0]
     elif cand.plural is None:
-        answer = ground(f"{cap(w.name(cand.targets[0]))} is [SEG].", w, cand.targets)
+        answer = ground(f"{cap(w.name(cand.targets[0]))} is [SEG].", w.scene, cand.targets)
     else:
-        answer = ground(f"Sure, they are {seg_list(len(cand.targets))}.", w, cand.targets)
+        answer = ground(f"Sure, they are {seg_list(len(cand.targets))}.", w.scene, cand.targets)
     return Query(family, cand.kind, text, not cand.phrases, answer, cand.targets, reason=cand.reason)
 
 

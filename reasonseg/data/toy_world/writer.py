@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ...errors import InputError
-from .queries import FAMILIES, Query
+from .queries import FAMILIES, Query, ground
 from .sample import Sample, generate_sample, sample_from_scene, split_seeds
 from .scene import BackgroundSpec, ObjectSpec, SceneObject, render_scene
 
@@ -216,7 +216,7 @@ def example_sample() -> Sample:
     ]
     scene = render_scene(320, 240, objects, BackgroundSpec("plain", (200, 198, 190)))
     sample = sample_from_scene(scene, seed=0)
-    query = Query("reasoning", "could_roll", EXAMPLE_QUERY, True, "Sure, it is [SEG].", (0,))
+    query = Query("reasoning", "could_roll", EXAMPLE_QUERY, True, ground("Sure, it is [SEG].", scene, (0,)), (0,))
     sample.queries = [query]
     return sample
 
