@@ -3,6 +3,7 @@ write the formats `reasonseg build` takes."""
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -14,11 +15,15 @@ from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
+from reasonseg.errors import InputError
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
+    build_llava,
     build_world_tokenizer,
     encode_conversation,
     load_vlm_pretrain_config,
+    scene_turns,
+    sincos_2d_positions,
 )
 
 pytestmark = pytest.mark.slow
@@ -107,6 +112,42 @@ def test_vlm_labels_supervise_exactly_the_answers():
     supervised = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert supervised == " There are two shapes.</s> It is red.</s>"
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
+
+
+def test_vlm_referring_turns_name_the_target_and_its_grid_cell():
+    from reasonseg.data.toy_world import generate_sample, split_seed
+
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0"])
+    seen = 0
+    for index in range(20):
+        sample = generate_sample(split_seed("train", index))
+        for question, answer in scene_turns(sample, np.random.default_rng(index), config):
+            match = re.fullmatch(r"It is the (.+) at \((\d), (\d)\)\.", answer)
+            assert match, answer
+            obj = next(o for o in sample.objects if o.describe(with_size=True) == match[1])
+            assert (int(match[2]), int(match[3])) == (obj.point[0] * 8 // sample.width, obj.point[1] * 8 // sample.height)
+            seen += 1
+    assert seen == 20 * config.turns_per_image
+
+
+def test_sincos_positions_say_where_each_patch_is():
+    codes = sincos_2d_positions(8, 128)
+    assert codes.shape == (64, 128)
+    assert torch.cdist(codes, codes).add(torch.eye(64) * 10).min() > 0.3  # every cell has its own code
+    # column and row are linear read-outs of the code (what the LM has to learn to say "at (3, 6)")
+    cells = torch.tensor([[k % 8, k // 8] for k in range(64)], dtype=torch.float64)
+    design = torch.cat([codes.double(), torch.ones(64, 1, dtype=torch.float64)], dim=1)
+    fit = design @ (torch.linalg.pinv(design) @ cells)
+    assert (fit - cells).abs().max() < 1e-6
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", TINY_VLM)
+    assert config.position_init == "sincos"
+    tokenizer = build_world_tokenizer(config)
+    tower = build_llava(config, tokenizer).model.vision_tower.embeddings.position_embedding.weight
+    grid = config.image_size // config.patch_size
+    torch.testing.assert_close(tower[1:], sincos_2d_positions(grid, config.vision_width))
+    assert float(tower[1:].pow(2).mean().sqrt()) > 0.5  # the default start is 0.02
+    with pytest.raises(InputError, match="position_init"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["position_init=learned"])
 
 
 def test_toy_world_source_gives_one_mask_per_seg_in_answer_order():

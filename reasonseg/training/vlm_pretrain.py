@@ -31,6 +31,7 @@ from transformers import (
 
 from ..data.templates import question_for
 from ..data.toy_world import generate_sample, split_seed
+from ..data.toy_world.queries import grid_cell
 from ..errors import InputError
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
 from ..processing.tokenization import train_byte_level_bpe
@@ -52,6 +53,10 @@ class VlmPretrainConfig:
     vision_width: int = 128
     vision_depth: int = 4
     vision_heads: int = 4
+    # "sincos": the tower's position embeddings start as 2-D sine-cosine codes about as large as the patch embeddings
+    # (as in a pre-trained ViT); "random": transformers' default (std 0.02, 50x weaker than the patches, so the
+    # tower learns to ignore where a patch is and the LM can never say where an object is)
+    position_init: str = "random"
     text_width: int = 256
     text_depth: int = 4
     text_heads: int = 4
@@ -89,12 +94,15 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
         raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
     if config.precision not in ("fp32", "bf16"):
         raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    if config.position_init not in ("random", "sincos"):
+        raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
 
 
 def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> list[tuple[str, str]]:
     """Question-answer turns about one scene: the world's QA pairs and caption, and referring turns that ask which
-    object a segmentation query means ("the shape that could roll" -> "It is the blue circle.")."""
+    object a segmentation query means and where it is ("the shape that could roll" -> "It is the blue circle at
+    (3, 5).", the cell of the answers' grounding grid: it makes the tower keep where each patch is)."""
     turns = []
     referring = [q for q in sample.queries if len(q.targets) == 1 and q.family not in ("explanatory",)]
     for _ in range(config.turns_per_image):
@@ -102,7 +110,8 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
             query = referring[int(rng.integers(len(referring)))]
             target = sample.objects[query.targets[0]]
             question = query.text if query.is_sentence else f"Which shape is {query.text}?"
-            turns.append((question, f"It is the {target.describe(with_size=True)}."))
+            column, row = grid_cell(target, sample.width, sample.height)
+            turns.append((question, f"It is the {target.describe(with_size=True)} at ({column}, {row})."))
         else:
             pair = sample.qa[int(rng.integers(len(sample.qa)))]
             turns.append((pair.question, pair.answer))
@@ -150,7 +159,25 @@ def build_llava(config: VlmPretrainConfig, tokenizer) -> LlavaForConditionalGene
         image_seq_length=config.num_image_tokens,
     )
     torch.manual_seed(config.seed)
-    return LlavaForConditionalGeneration(llava)
+    model = LlavaForConditionalGeneration(llava)
+    if config.position_init == "sincos":
+        embedding = model.model.vision_tower.embeddings.position_embedding.weight
+        grid = config.image_size // config.patch_size
+        with torch.no_grad():
+            embedding.zero_()  # row 0 (the class token) stays zero
+            embedding[1:] = sincos_2d_positions(grid, config.vision_width)
+    return model
+
+
+def sincos_2d_positions(grid: int, width: int) -> torch.Tensor:
+    """``[grid * grid, width]`` codes of a row-major patch grid: the first half of the channels encodes the column,
+    the second the row, each as sines and cosines of the index at ``width / 4`` geometric frequencies."""
+    quarter = width // 4
+    frequencies = 1.0 / (grid ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    index = torch.arange(grid, dtype=torch.float32)[:, None] * frequencies[None]  # [grid, quarter]
+    per_axis = torch.cat([index.sin(), index.cos()], dim=1)  # [grid, width / 2]
+    rows, columns = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.cat([per_axis[columns.flatten()], per_axis[rows.flatten()]], dim=1)
 
 
 def build_image_processor(config: VlmPretrainConfig) -> CLIPImageProcessor:
