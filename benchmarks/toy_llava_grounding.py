@@ -1,0 +1,117 @@
+"""Can the demo's toy LLaVA (stage 2) say where things are? Two figures for a saved model or a training checkpoint.
+
+    python benchmarks/toy_llava_grounding.py runs/demo/toy_llava/model
+    python benchmarks/toy_llava_grounding.py runs/demo/toy_llava/checkpoint-1300 --config configs/demo/toy_llava.yaml
+
+1. Position in the image tokens: R^2 of a ridge read-out of each patch's (column, row) from the vision tower's
+   hidden states and from the projector's output (half the scenes fit, half scored). Near 0: the LM is given no
+   way to know where a patch is.
+2. Grounding: on val scenes, teacher-forced referring turns ("Which shape is the red star?" -> "It is the small red
+   star at (3, 6)."), the share of coordinate tokens predicted exactly and of turns with both right, and how many
+   distinct cells the model predicts (1 = it says the same place for everything). Chance is about 1/8 per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
+from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
+from reasonseg.training.vlm_pretrain import (
+    IGNORE_INDEX,
+    build_image_processor,
+    build_llava,
+    encode_conversation,
+    load_vlm_pretrain_config,
+)
+
+
+def load(path: Path, config_path: str):
+    config = load_vlm_pretrain_config(config_path)
+    if (path / "config.json").is_file():
+        model = LlavaForConditionalGeneration.from_pretrained(path)
+        return model.eval(), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config
+    tokenizer = AutoTokenizer.from_pretrained(path.parent / "tokenizer")
+    model = build_llava(config, tokenizer)
+    state = torch.load(path / "training_state.pt", weights_only=False, map_location="cpu")["trainable"]
+    model.load_state_dict(state, strict=True)
+    return model.eval(), tokenizer, build_image_processor(config), config
+
+
+def ridge_r2(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    half = len(features) // 2
+    mean, std = features[:half].mean(0), features[:half].std(0) + 1e-6
+    design = np.c_[(features - mean) / std, np.ones(len(features))]
+    weights = np.linalg.solve(design[:half].T @ design[:half] + 10 * np.eye(design.shape[1]),
+                              design[:half].T @ targets[:half])
+    residual = design[half:] @ weights - targets[half:]
+    return 1 - (residual**2).sum(0) / ((targets[half:] - targets[half:].mean(0)) ** 2).sum(0)
+
+
+@torch.no_grad()
+def position_r2(model, image_processor, scenes: int) -> dict[str, np.ndarray]:
+    tower, projected, cells = [], [], []
+    for index in range(scenes):
+        scene = generate_scene(split_seed("train", 5_000 + index))
+        pixels = image_processor(images=[Image.fromarray(scene.image)], return_tensors="pt")["pixel_values"]
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        tower.append(hidden[0].numpy())
+        projected.append(model.model.multi_modal_projector(hidden)[0].numpy())
+        side = int(round(hidden.shape[1] ** 0.5))
+        cells.append([[k % side, k // side] for k in range(hidden.shape[1])])
+    targets = np.concatenate(cells).astype(float)
+    return {"tower": ridge_r2(np.concatenate(tower), targets),
+            "projector": ridge_r2(np.concatenate(projected), targets)}
+
+
+@torch.no_grad()
+def grounding(model, tokenizer, image_processor, config, scenes: int) -> dict[str, float]:
+    digit_ids = {tokenizer.convert_tokens_to_ids(prefix + str(d)) for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
+    digit_ids.discard(tokenizer.unk_token_id)
+    right = total = both = turns = 0
+    predicted_cells = set()
+    for index in range(scenes):
+        sample = generate_sample(split_seed("val", index))
+        pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
+        for query in sample.queries:
+            if len(query.targets) != 1 or query.family == "explanatory":
+                continue
+            target = sample.objects[query.targets[0]]
+            column, row = grid_cell(target, sample.width, sample.height)
+            question = query.text if query.is_sentence else f"Which shape is {query.text}?"
+            answer = f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+            ids, labels = encode_conversation(tokenizer, config, [(question, answer)])
+            logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
+            predicted, expected = logits[:-1].argmax(-1).tolist(), labels[1:]
+            places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_ids][-2:]
+            hits = [predicted[k] == expected[k] for k in places]
+            right, total, both, turns = right + sum(hits), total + len(hits), both + all(hits), turns + 1
+            predicted_cells.add(tuple(predicted[k] for k in places))
+    return {"token_accuracy": right / max(total, 1), "both_right": both / max(turns, 1), "turns": turns,
+            "distinct_predicted_cells": len(predicted_cells)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a saved toy LLaVA (model folder) or a checkpoint-<step> folder")
+    parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
+    parser.add_argument("--scenes", type=int, default=25)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, tokenizer, image_processor, config = load(args.model, args.config)
+    for where, r2 in position_r2(model, image_processor, 60).items():
+        print(f"position read-out R^2 from the {where:<9}: column {r2[0]:.3f}  row {r2[1]:.3f}")
+    scores = grounding(model, tokenizer, image_processor, config, args.scenes)
+    print(f"grounding on {scores['turns']} val referring turns: coordinate tokens right {scores['token_accuracy']:.3f} "
+          f"(chance ~{1 / GROUNDING_GRID:.3f}), both right {scores['both_right']:.3f}, "
+          f"{scores['distinct_predicted_cells']} distinct cells predicted")
+
+
+if __name__ == "__main__":
+    main()
