@@ -101,9 +101,8 @@ def apply_precision_policy(model: ReasonSegForCausalLM, dtype: torch.dtype, devi
         part.to(torch.float32)
 
 
-def quantization_config(load_in_8bit: bool, load_in_4bit: bool, skip_modules: list[str] | None = None):
-    """bitsandbytes settings; ``skip_modules``: the model class's parts kept out (default: reasonseg's/LISA's)."""
-    skip_modules = list(skip_modules or QUANTIZATION_SKIP_MODULES)
+def quantization_config(load_in_8bit: bool, load_in_4bit: bool):
+    """bitsandbytes settings, keeping reasonseg's (LISA's) parts out; a model class with other parts names them."""
     if not (load_in_8bit or load_in_4bit):
         return None
     if load_in_8bit and load_in_4bit:
@@ -114,12 +113,12 @@ def quantization_config(load_in_8bit: bool, load_in_4bit: bool, skip_modules: li
     except ImportError:
         raise UnsupportedError("8/4-bit loading needs bitsandbytes: pip install 'reasonseg[quant]'") from None
     if load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES))
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=skip_modules,
+        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
     )
 
 
@@ -164,8 +163,8 @@ def load_model_and_processor(
             model_class, processor_class = classes()
         kwargs = {"dtype": dtype}
         if quantization is not None:
-            skip = getattr(model_class, "quantization_skip_modules", QUANTIZATION_SKIP_MODULES)
-            quantization = quantization_config(load_in_8bit, load_in_4bit, skip)
+            quantization.llm_int8_skip_modules = list(
+                getattr(model_class, "quantization_skip_modules", QUANTIZATION_SKIP_MODULES))
             # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16
             warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
             kwargs["quantization_config"] = quantization
