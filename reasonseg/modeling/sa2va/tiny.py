@@ -55,6 +55,18 @@ def tiny_sam2_config() -> dict:
     )
 
 
+# the text model of every tiny Sa2VA (InternVL family and Qwen-VL): 2 layers, 64 wide, 4 query / 2 key-value heads
+TINY_TEXT_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_sa2va_config(vocab_size: int, seg_token_id: int, **overrides) -> Sa2VAConfig:
     values = dict(
         vision_config=dict(
@@ -72,15 +84,9 @@ def tiny_sa2va_config(vocab_size: int, seg_token_id: int, **overrides) -> Sa2VAC
         text_config=dict(
             model_type="qwen2",
             vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
             eos_token_id=2,
             pad_token_id=0,
-            tie_word_embeddings=False,
+            **TINY_TEXT_SHAPE,
         ),
         sam_config=tiny_sam2_config(),
         seg_token_id=seg_token_id,

@@ -13,7 +13,7 @@ from ...processing.sa2va_qwen import Sa2VAQwenProcessor, Sa2VAQwenProcessorSetti
 from ...processing.tokenization import train_byte_level_bpe
 from .configuration_sa2va_qwen import Sa2VAQwenConfig
 from .modeling_sa2va_qwen import Sa2VAQwenForCausalLM
-from .tiny import _CORPUS, randomize_zero_sam2_parts, tiny_sam2_config
+from .tiny import _CORPUS, TINY_TEXT_SHAPE, randomize_zero_sam2_parts, tiny_sam2_config
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -30,17 +30,11 @@ def build_tiny_sa2va_qwen_tokenizer(vocab_size: int = 300) -> PreTrainedTokenize
 
 
 def _tiny_qwen_vl_config(tokenizer, model_type: str, text_extra: dict, vision_config: dict) -> dict:
-    """The parts both tiny Qwen-VL families share: a 2-layer, 64-wide text model, Qwen's special-token ids."""
+    """The parts both tiny Qwen-VL families share: the tiny Sa2VA text shape, Qwen's special-token ids."""
     ids = tokenizer.get_vocab()
     text_config = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
+        **TINY_TEXT_SHAPE,
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         bos_token_id=None,
