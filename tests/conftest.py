@@ -83,6 +83,19 @@ def counted_image_and_decoder_calls(model):
             module.forward = originals[name]
 
 
+def counted_two_turn_chat(model, processor, image, first_question: str, second_question: str, max_new_tokens: int):
+    """Two questions in one chat session about ``image`` while :func:`counted_image_and_decoder_calls` counts;
+    returns both predictions, the counts, and how many decoder calls the first turn made."""
+    from reasonseg import Segmenter
+
+    with counted_image_and_decoder_calls(model) as calls:
+        session = Segmenter(model, processor).chat(image)
+        first = session.ask(first_question, max_new_tokens=max_new_tokens)
+        first_turn_calls = len(calls["decoder_lengths"])
+        second = session.ask(second_question, max_new_tokens=max_new_tokens)
+    return first, second, calls, first_turn_calls
+
+
 def forward_over_ids(model, processor, image, ids: list[int], return_logits: bool = False):
     """One full forward (as in training, no cache) over the token ids of a conversation about ``image``; returns
     (output, ids tensor, preprocessed inputs)."""

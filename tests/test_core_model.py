@@ -9,7 +9,7 @@ import torch
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import counted_image_and_decoder_calls, script_answers, teacher_forced_forward
+from .conftest import counted_two_turn_chat, script_answers, teacher_forced_forward
 
 PROMPT = "What is the red circle in this image? Please output segmentation mask."
 
@@ -101,10 +101,7 @@ def test_second_turn_reuses_image_features(tiny, rgb_image):
     model, processor = tiny
     seg_id = processor.seg_token_id
     script_answers(model, processor, [5, seg_id, processor.eos_token_id, 7, seg_id])
-    with counted_image_and_decoder_calls(model) as calls:
-        session = Segmenter(model, processor).chat(rgb_image)
-        first = session.ask(PROMPT, max_new_tokens=5)
-        second = session.ask("and the other one?", max_new_tokens=5)
+    first, second, calls, _ = counted_two_turn_chat(model, processor, rgb_image, PROMPT, "and the other one?", 5)
     assert (calls["vision"], calls["sam"]) == (1, 1)
     assert len(first.masks) == 1 and len(second.masks) == 1
 

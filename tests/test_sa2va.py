@@ -20,7 +20,7 @@ from PIL import Image
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import counted_image_and_decoder_calls, forward_over_ids, script_answers, teacher_forced_forward
+from .conftest import counted_two_turn_chat, forward_over_ids, script_answers, teacher_forced_forward
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sa2va_ref_tiny"
 PROMPT = "Please segment the blood vessel."
@@ -179,11 +179,8 @@ def test_chat_second_question_reuses_features_and_kv_cache(tiny_sa2va, wide_imag
     model, processor = tiny_sa2va
     seg_id, eos = processor.seg_token_id, processor.eos_token_id
     script_answers(model, processor, [45, seg_id, 48, eos, 47, seg_id, 49, eos])
-    with counted_image_and_decoder_calls(model) as calls:
-        session = Segmenter(model, processor).chat(wide_image)
-        first = session.ask(PROMPT, max_new_tokens=6)
-        first_calls = len(calls["decoder_lengths"])
-        second = session.ask("And the other one?", max_new_tokens=6)
+    first, second, calls, first_calls = counted_two_turn_chat(model, processor, wide_image, PROMPT,
+                                                              "And the other one?", 6)
     assert calls["vision"] == 1 and calls["sam"] == 1
     continuation = [eos] if first.token_ids[-1] != eos else []
     # the second turn feeds only its own ids (the stop token still pending + separator + question), not the history

@@ -20,7 +20,7 @@ from reasonseg.inference.generation import greedy_decode
 from reasonseg.modeling.sa2va.tiny import tiny_sam2_hints
 from reasonseg.modeling.sa2va.tiny_qwen import build_tiny_sa2va_qwen
 
-from .conftest import counted_image_and_decoder_calls, forward_over_ids, script_answers, teacher_forced_forward
+from .conftest import counted_two_turn_chat, forward_over_ids, script_answers, teacher_forced_forward
 
 PROMPT = "the vessel"
 
@@ -147,11 +147,7 @@ def test_chat_reuses_image_features_and_cache(tiny_qwen, image):
     model, processor = tiny_qwen
     seg, eos = processor.seg_token_id, processor.eos_token_id
     script_answers(model, processor, [45, seg, 48, eos, 47, seg, 49, eos])
-    with counted_image_and_decoder_calls(model) as calls:
-        session = Segmenter(model, processor).chat(image)
-        first = session.ask(PROMPT, max_new_tokens=6)
-        before = len(calls["decoder_lengths"])
-        second = session.ask("And the other one?", max_new_tokens=6)
+    first, second, calls, before = counted_two_turn_chat(model, processor, image, PROMPT, "And the other one?", 6)
     assert calls["vision"] == 1 and calls["sam"] == 1
     assert calls["decoder_lengths"][before] == len([eos] + processor.continuation_ids("And the other one?"))
     # both masks equal a teacher-forced pass over the whole conversation, without any cache

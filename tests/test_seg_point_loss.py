@@ -84,7 +84,7 @@ def test_loss_adds_the_weighted_distance_to_the_point_tokens(tiny):
     assert float(out.loss) == pytest.approx(float(plain.loss) + float(out.seg_point_loss), rel=1e-5)
     model.zero_grad()
     out.seg_point_loss.backward()
-    assert model.seg_projection.parameters().__next__().grad.abs().sum() > 0
+    assert next(model.seg_projection.parameters()).grad.abs().sum() > 0
     assert all(p.grad is None or not p.grad.any() for p in model.sam.prompt_encoder.parameters())
     assert all(p.grad is None or not p.grad.any() for p in model.sam.mask_decoder.parameters())
 
