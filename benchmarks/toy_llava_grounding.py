@@ -9,6 +9,8 @@
 2. Grounding: on val scenes, teacher-forced referring turns ("Which shape is the red star?" -> "It is the small red
    star at (3, 6)."), the share of coordinate tokens predicted exactly and of turns with both right, and how many
    distinct cells the model predicts (1 = it says the same place for everything). Chance is about 1/8 per token.
+   Also: whether the said cell's centre lies on the target (what a point prompt there needs), by objects in the scene.
+3. The reverse ("What is at (3, 6)?" -> "It is the small red star."): the share of answers right in every token.
 """
 
 from __future__ import annotations
@@ -71,12 +73,13 @@ def position_r2(model, image_processor, scenes: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def grounding(model, tokenizer, image_processor, config, scenes: int) -> dict[str, float]:
-    digit_ids = {tokenizer.convert_tokens_to_ids(prefix + str(d)) for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
-    digit_ids.discard(tokenizer.unk_token_id)
-    right = total = both = turns = 0
+def grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0) -> dict:
+    digit_of = {tokenizer.convert_tokens_to_ids(prefix + str(d)): d for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
+    digit_of.pop(tokenizer.unk_token_id, None)
+    right = total = both = turns = near = inside = 0
     predicted_cells = set()
-    for index in range(scenes):
+    by_count: dict[str, list[int]] = {}  # objects in the scene -> [turns, said cell's centre on the target]
+    for index in range(first, first + scenes):
         sample = generate_sample(split_seed("val", index))
         pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
         for query in sample.queries:
@@ -89,11 +92,38 @@ def grounding(model, tokenizer, image_processor, config, scenes: int) -> dict[st
             ids, labels = encode_conversation(tokenizer, config, [(question, answer)])
             logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
             predicted, expected = logits[:-1].argmax(-1).tolist(), labels[1:]
-            places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_ids][-2:]
+            places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_of][-2:]
             hits = [predicted[k] == expected[k] for k in places]
             right, total, both, turns = right + sum(hits), total + len(hits), both + all(hits), turns + 1
+            said = [digit_of.get(predicted[k]) for k in places]
+            if len(said) == 2 and None not in said:
+                near += abs(said[0] - column) <= 1 and abs(said[1] - row) <= 1
+                x = int((said[0] + 0.5) * sample.width / GROUNDING_GRID)
+                y = int((said[1] + 0.5) * sample.height / GROUNDING_GRID)
+                inside += bool(target.mask[y, x])
+                bucket = by_count.setdefault(str(min(len(sample.objects), 3)).replace("3", "3+"), [0, 0])
+                bucket[0] += 1
+                bucket[1] += bool(target.mask[y, x])
             predicted_cells.add(tuple(predicted[k] for k in places))
-    return {"token_accuracy": right / max(total, 1), "both_right": both / max(turns, 1), "turns": turns,
+    region_right = region_turns = 0
+    for index in range(first, first + scenes):
+        sample = generate_sample(split_seed("val", index))
+        pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
+        cells = [grid_cell(o, sample.width, sample.height) for o in sample.objects]
+        for obj, (column, row) in zip(sample.objects, cells):
+            if cells.count((column, row)) > 1:
+                continue
+            turn = (f"What is at ({column}, {row})?", f"It is the {obj.describe(with_size=True)}.")
+            ids, labels = encode_conversation(tokenizer, config, [turn])
+            logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
+            predicted, expected = logits[:-1].argmax(-1).tolist(), labels[1:]
+            answer = [k for k, token in enumerate(expected) if token != IGNORE_INDEX]
+            region_right += all(predicted[k] == expected[k] for k in answer)
+            region_turns += 1
+    return {"region_right": region_right / max(region_turns, 1), "region_turns": region_turns,
+            "token_accuracy": right / max(total, 1), "both_right": both / max(turns, 1), "turns": turns,
+            "within_one_cell": near / max(turns, 1), "centre_on_target": inside / max(turns, 1),
+            "centre_on_target_by_objects": {k: (v[1] / v[0], v[0]) for k, v in sorted(by_count.items())},
             "distinct_predicted_cells": len(predicted_cells)}
 
 
@@ -102,15 +132,21 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="a saved toy LLaVA (model folder) or a checkpoint-<step> folder")
     parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
     parser.add_argument("--scenes", type=int, default=25)
+    parser.add_argument("--first-scene", type=int, default=0, help="first val scene index")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer, image_processor, config = load(args.model, args.config)
     for where, r2 in position_r2(model, image_processor, 60).items():
         print(f"position read-out R^2 from the {where:<9}: column {r2[0]:.3f}  row {r2[1]:.3f}")
-    scores = grounding(model, tokenizer, image_processor, config, args.scenes)
+    scores = grounding(model, tokenizer, image_processor, config, args.scenes, args.first_scene)
     print(f"grounding on {scores['turns']} val referring turns: coordinate tokens right {scores['token_accuracy']:.3f} "
           f"(chance ~{1 / GROUNDING_GRID:.3f}), both right {scores['both_right']:.3f}, "
-          f"{scores['distinct_predicted_cells']} distinct cells predicted")
+          f"{scores['distinct_predicted_cells']} distinct cells predicted; within one cell {scores['within_one_cell']:.3f}, "
+          f"said cell's centre on the target {scores['centre_on_target']:.3f}")
+    print(f"region turns (\"What is at (3, 6)?\" -> \"It is the small red star.\"), every answer token right: "
+          f"{scores['region_right']:.3f} of {scores['region_turns']}")
+    print("said cell's centre on the target, by objects in the scene: " + ", ".join(
+        f"{count}: {share:.2f} of {n}" for count, (share, n) in scores["centre_on_target_by_objects"].items()))
 
 
 if __name__ == "__main__":

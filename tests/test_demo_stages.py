@@ -3,6 +3,7 @@ write the formats `reasonseg build` takes."""
 
 from __future__ import annotations
 
+import json
 import re
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
+from reasonseg.data.toy_world import generate_scene, split_seed
+from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.errors import InputError
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
@@ -22,6 +25,7 @@ from reasonseg.training.vlm_pretrain import (
     build_world_tokenizer,
     encode_conversation,
     load_vlm_pretrain_config,
+    scene_index_with_few_objects,
     scene_turns,
     sincos_2d_positions,
 )
@@ -63,6 +67,39 @@ def test_stage_trains_resumes_exactly_and_saves_a_loadable_model(tmp_path, stage
     assert len(log) == 4 and ("point_miou" in log[-1] or "val_token_accuracy" in log[-1])
     # a fresh run into a directory with checkpoints refuses instead of overwriting them
     assert main(args) == 1
+
+
+def test_vlm_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path):
+    config = "configs/demo/toy_llava.yaml"
+    first = tmp_path / "phase1"
+    assert main(["pretrain", "vlm", "--config", config, f"output_dir={first}", *TINY_VLM]) == 0
+    before = _final_weights(first)
+    for source in (first / "model", first / "checkpoint-4"):
+        second = tmp_path / f"phase2_{source.name}"
+        assert main(["pretrain", "vlm", "--config", config, f"output_dir={second}", f"init_from={source}",
+                     *TINY_VLM, "steps=1", "lr=0", "warmup_steps=0", "val_every=0"]) == 0
+        after = _final_weights(second)  # a zero learning rate keeps the earlier run's weights exactly
+        for name in before:
+            torch.testing.assert_close(after[name], before[name], atol=0, rtol=0, msg=name)
+        assert (second / "tokenizer" / "tokenizer.json").read_text() == (first / "tokenizer" / "tokenizer.json").read_text()
+        log = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
+        assert log[0]["step"] == 1
+    # other sizes than the earlier run's: one line saying so
+    assert main(["pretrain", "vlm", "--config", config, f"output_dir={tmp_path / 'wider'}",
+                 f"init_from={first / 'model'}", *TINY_VLM, "text_width=48"]) == 1
+    assert main(["pretrain", "vlm", "--config", config, f"output_dir={tmp_path / 'nowhere'}",
+                 f"init_from={tmp_path}", *TINY_VLM]) == 1
+
+
+def test_vlm_curriculum_keeps_scenes_with_few_objects():
+    counts = {index: len(generate_scene(split_seed("train", index)).objects) for index in range(40)}
+    for index, count in counts.items():
+        assert scene_index_with_few_objects(index, 6) == index
+        chosen = scene_index_with_few_objects(index, 1)
+        assert len(generate_scene(split_seed("train", chosen)).objects) == 1
+        assert (chosen == index) == (count == 1)
+    with pytest.raises(InputError, match="max_objects"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["max_objects=0"])
 
 
 @pytest.mark.parametrize("gain", [5.0, 0.0])
@@ -128,6 +165,25 @@ def test_vlm_referring_turns_name_the_target_and_its_grid_cell():
             assert (int(match[2]), int(match[3])) == (obj.point[0] * 8 // sample.width, obj.point[1] * 8 // sample.height)
             seen += 1
     assert seen == 20 * config.turns_per_image
+
+
+def test_vlm_region_turns_ask_what_lies_at_a_cell_held_by_one_object():
+    from reasonseg.data.toy_world import generate_sample, split_seed
+
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=0", "region_rate=1"])
+    seen = 0
+    for index in range(20):
+        sample = generate_sample(split_seed("train", index))
+        cells = [grid_cell(o, sample.width, sample.height) for o in sample.objects]
+        for question, answer in scene_turns(sample, np.random.default_rng(index), config):
+            place = re.search(r"at \((\d), (\d)\)\?$", question)
+            assert place, question
+            holders = [o for o, cell in zip(sample.objects, cells) if cell == (int(place[1]), int(place[2]))]
+            assert len(holders) == 1 and answer == f"It is the {holders[0].describe(with_size=True)}."
+            seen += 1
+    assert seen >= 20 * config.turns_per_image - 3  # a scene whose objects all share cells asks QA instead
+    with pytest.raises(InputError, match="add up to at most 1"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=0.7", "region_rate=0.5"])
 
 
 def test_sincos_positions_say_where_each_patch_is():

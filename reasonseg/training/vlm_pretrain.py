@@ -30,16 +30,25 @@ from transformers import (
 )
 
 from ..data.templates import question_for
-from ..data.toy_world import generate_sample, split_seed
+from ..data.toy_world import generate_sample, generate_scene, split_seed
+from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.queries import grid_cell
 from ..errors import InputError
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
-from .trainer import latest_checkpoint, load_checkpoint, new_accelerator, save_checkpoint, warmup_then_linear_decay
+from .trainer import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_trained_weights,
+    new_accelerator,
+    save_checkpoint,
+    warmup_then_linear_decay,
+)
 
 FINAL_MODEL_DIR = "model"
+REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
 
 
 @dataclass
@@ -66,6 +75,13 @@ class VlmPretrainConfig:
     batch_size: int = 8
     turns_per_image: int = 3  # question-answer turns per conversation
     referring_rate: float = 0.5  # share of turns that ask which object a segmentation query means
+    # a curriculum phase may train on scenes with few objects only (the world draws 1 to 6): with one object,
+    # "where is it" needs no search, so the LM first learns to read a place out of the image tokens
+    max_objects: int = 6
+    # share of turns asking what is at a grid cell ("What is at (3, 6)?" -> "It is the small red star."): the
+    # reverse of a referring turn (as Shikra pairs REC with REG); the LM looks a patch up by its place, which is
+    # easy to learn, and that makes the tower's patches say what lies on them, which the referring turns then search
+    region_rate: float = 0.0
     lr: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -78,6 +94,9 @@ class VlmPretrainConfig:
     val_scenes: int = 32
     seed: int = 0
     threads: int = 0
+    # a new phase starts from an earlier run's weights and tokenizer (its `model` folder or a checkpoint-<step>
+    # folder) with a fresh optimizer and learning-rate schedule, as LLaVA's second stage starts from its first
+    init_from: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +113,11 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
         raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
     if config.precision not in ("fp32", "bf16"):
         raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    if not 0 <= config.referring_rate + config.region_rate <= 1 or min(config.referring_rate, config.region_rate) < 0:
+        raise InputError(f"referring_rate {config.referring_rate} and region_rate {config.region_rate} must be >= 0 "
+                         "and add up to at most 1 (the rest of the turns are the world's question answering)")
+    if not 1 <= config.max_objects <= 6:
+        raise InputError(f"max_objects {config.max_objects}: the world draws 1 to 6 objects per scene")
     if config.position_init not in ("random", "sincos"):
         raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
@@ -105,17 +129,47 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
     (3, 5).", the cell of the answers' grounding grid: it makes the tower keep where each patch is)."""
     turns = []
     referring = [q for q in sample.queries if len(q.targets) == 1 and q.family not in ("explanatory",)]
+    cells = [grid_cell(obj, sample.width, sample.height) for obj in sample.objects]
+    placed = [(cell, obj) for cell, obj in zip(cells, sample.objects) if cells.count(cell) == 1]
     for _ in range(config.turns_per_image):
-        if referring and rng.random() < config.referring_rate:
+        draw = rng.random()
+        if referring and draw < config.referring_rate:
             query = referring[int(rng.integers(len(referring)))]
             target = sample.objects[query.targets[0]]
             question = query.text if query.is_sentence else f"Which shape is {query.text}?"
             column, row = grid_cell(target, sample.width, sample.height)
             turns.append((question, f"It is the {target.describe(with_size=True)} at ({column}, {row})."))
+        elif placed and draw < config.referring_rate + config.region_rate:
+            (column, row), obj = placed[int(rng.integers(len(placed)))]
+            question = REGION_QUESTIONS[int(rng.integers(len(REGION_QUESTIONS)))].format(place=f"({column}, {row})")
+            turns.append((question, f"It is the {obj.describe(with_size=True)}."))
         else:
             pair = sample.qa[int(rng.integers(len(sample.qa)))]
             turns.append((pair.question, pair.answer))
     return turns
+
+
+def _init_tokenizer_dir(init_from: Path) -> Path:
+    """The tokenizer of an earlier run: inside its ``model`` folder, or beside its ``checkpoint-<step>`` folder."""
+    for folder in (init_from, init_from.parent / "tokenizer"):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise InputError(f"init_from {init_from}: no tokenizer.json in it or in ../tokenizer; give a toy LLaVA run's "
+                     "`model` folder or one of its checkpoint-<step> folders")
+
+
+def _load_init_weights(init_from: Path, model: LlavaForConditionalGeneration) -> None:
+    if (init_from / "config.json").is_file():
+        state = LlavaForConditionalGeneration.from_pretrained(init_from).state_dict()
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise InputError(f"init_from {init_from} was built with other sizes than this config "
+                             f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
+    elif (init_from / "training_state.pt").is_file():
+        load_trained_weights(init_from, model)
+    else:
+        raise InputError(f"init_from {init_from} holds neither a saved model (config.json) nor a training checkpoint")
 
 
 def world_corpus(num_scenes: int) -> list[str]:
@@ -212,12 +266,21 @@ def encode_conversation(tokenizer, config: VlmPretrainConfig, turns: list[tuple[
     return ids[: config.max_length], labels[: config.max_length]
 
 
+def scene_index_with_few_objects(index: int, max_objects: int) -> int:
+    """``index`` itself, or the first of a fixed walk of other train indices from it whose scene has at most
+    ``max_objects`` objects (every batch row stays reproducible)."""
+    candidate = index
+    while len(generate_scene(split_seed("train", candidate)).objects) > max_objects:
+        candidate = (candidate + 1_000_003) % SPLIT_SIZE
+    return candidate
+
+
 def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor) -> dict[str, torch.Tensor]:
     images, id_lists, label_lists = [], [], []
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
-        sample = generate_sample(split_seed("train", index))
+        sample = generate_sample(split_seed("train", scene_index_with_few_objects(index, config.max_objects)))
         turns = scene_turns(sample, rng, config)
         images.append(Image.fromarray(sample.image))
         ids, labels = encode_conversation(tokenizer, config, turns)
@@ -265,11 +328,14 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if (tokenizer_dir / "tokenizer.json").is_file():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
     else:
-        tokenizer = build_world_tokenizer(config)
+        tokenizer = (PreTrainedTokenizerFast.from_pretrained(str(_init_tokenizer_dir(Path(config.init_from))))
+                     if config.init_from else build_world_tokenizer(config))
         tokenizer.save_pretrained(str(tokenizer_dir))
     image_processor = build_image_processor(config)
     accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model = build_llava(config, tokenizer)
+    if config.init_from and checkpoint is None:
+        _load_init_weights(Path(config.init_from), model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
