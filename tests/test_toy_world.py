@@ -100,9 +100,10 @@ def test_every_family_and_answer_conventions(samples):
             families[q.family] += 1
             kinds[q.kind] += 1
             assert q.answer.count("[SEG]") == len(q.targets)
-            # each [SEG] follows the 8x8 grid cell of its target's innermost point, targets in order
-            named = [(int(c), int(r)) for c, r in re.findall(r"[Aa]t \((\d), (\d)\) \[SEG\]", q.answer)]
-            cells = [(s.objects[t].point[0] * 8 // s.width, s.objects[t].point[1] * 8 // s.height) for t in q.targets]
+            # each [SEG] follows its target's full description and the 8x8 grid cell of its innermost point, in order
+            named = [(d, int(c), int(r)) for d, c, r in re.findall(r"[Tt]he (\w+ \w+ \w+) at \((\d), (\d)\) \[SEG\]", q.answer)]
+            cells = [(s.objects[t].describe(with_size=True), s.objects[t].point[0] * 8 // s.width,
+                      s.objects[t].point[1] * 8 // s.height) for t in q.targets]
             assert named == cells, (q.answer, cells)
             assert len(set(q.targets)) == len(q.targets) and all(0 <= t < len(s.objects) for t in q.targets)
             assert q.text and q.is_sentence == (q.text[-1] in ".?")

@@ -110,15 +110,17 @@ def grid_cell(obj: SceneObject, width: int, height: int) -> tuple[int, int]:
 
 
 def ground(answer: str, scene: Scene, targets: tuple[int, ...]) -> str:
-    """Put "at (column, row)" before each [SEG] of ``answer``, for its target in order: the answer says where each
-    mask is, so the state feeding each [SEG] follows tokens that name the target's place."""
+    """Put "the {size} {colour} {shape} at (column, row)" before each [SEG] of ``answer``, for its target in order:
+    the answer first says which object each mask is and where, as the toy LLaVA's referring turns do ("It is the
+    small red star at (3, 6)."), so the state feeding each [SEG] follows tokens that name the target and its place."""
     pieces = answer.split("[SEG]")
     if len(pieces) - 1 != len(targets):
         raise ValueError(f"answer {answer!r} has {len(pieces) - 1} [SEG] for {len(targets)} targets")
     out = pieces[0]
     for target, rest in zip(targets, pieces[1:]):
-        column, row = grid_cell(scene.objects[target], scene.width, scene.height)
-        out += f"at ({column}, {row}) [SEG]" + rest
+        obj = scene.objects[target]
+        column, row = grid_cell(obj, scene.width, scene.height)
+        out += f"the {obj.describe(with_size=True)} at ({column}, {row}) [SEG]" + rest
     return cap(out)
 
 
