@@ -42,6 +42,7 @@ def load(path: Path, config_path: str):
     tokenizer = AutoTokenizer.from_pretrained(path.parent / "tokenizer")
     model = build_llava(config, tokenizer)
     state = torch.load(path / "training_state.pt", weights_only=False, map_location="cpu")["trainable"]
+    state = {name: value for name, value in state.items() if not name.startswith("patch_label_head.")}  # training aid
     model.load_state_dict(state, strict=True)
     return model.eval(), tokenizer, build_image_processor(config), config
 

@@ -16,12 +16,13 @@ product, whose near-uniform start makes retrieval slow to begin).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+from toy_llava_grounding import load  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 
 from reasonseg.data.toy_world import generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
@@ -84,14 +85,14 @@ class RetrievalProbe(torch.nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a saved toy LLaVA (model folder)")
+    parser.add_argument("model", help="a saved toy LLaVA (model folder) or a checkpoint-<step> folder")
+    parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
     parser.add_argument("--features", choices=["model", "oracle"], default="model")
     parser.add_argument("--logit-scale", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
-    processor = AutoImageProcessor.from_pretrained(args.model)
+    model, _, processor, _ = load(Path(args.model), args.config)
     oracle = args.features == "oracle"
     train = collect(model, processor, "train", 3000, 3_000_000, oracle)
     val = collect(model, processor, "val", 400, 0, oracle)

@@ -246,3 +246,36 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
         "examples/shapes.png", "Segment the red circle.", max_new_tokens=4, force_seg=True)
     width, height = Image.open("examples/shapes.png").size
     assert len(prediction.masks) >= 1 and prediction.masks[0].shape == (height, width)
+
+
+def test_vlm_patch_labels_name_the_object_under_each_patch_centre():
+    from reasonseg.data.toy_world import generate_sample
+    from reasonseg.data.toy_world.vocab import COLOUR_NAMES, SHAPES
+    from reasonseg.training.vlm_pretrain import patch_object_labels
+
+    sample = generate_sample(split_seed("train", 3))
+    labels = patch_object_labels(sample, 8)
+    assert labels.shape == (64, 2)
+    for k, (colour, shape) in enumerate(labels.tolist()):
+        row, column = divmod(k, 8)
+        x, y = int((column + 0.5) * sample.width / 8), int((row + 0.5) * sample.height / 8)
+        under = [o for o in sample.objects if o.mask[y, x]]
+        expected = (COLOUR_NAMES.index(under[0].colour), SHAPES.index(under[0].shape)) if under else (8, 6)
+        assert (colour, shape) == expected
+    assert (labels[:, 0] < 8).any() and (labels[:, 0] == 8).any()
+
+
+def test_vlm_patch_label_loss_trains_resumes_and_leaves_no_head_in_the_model(tmp_path):
+    args = ["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", *TINY_VLM, "patch_label_weight=1.0",
+            "val_every=0"]
+    assert main([*args, f"output_dir={tmp_path / 'straight'}"]) == 0
+    assert main([*args, f"output_dir={tmp_path / 'cut'}", "--stop-after", "2"]) == 0
+    assert main([*args, f"output_dir={tmp_path / 'cut'}", "--resume"]) == 0
+    first, second = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "cut")
+    assert not any(name.startswith("patch_label_head") for name in first)
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], atol=1e-6, rtol=0, msg=name)
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert all(record["patch_loss"] > 0 for record in log)
+    # a later phase with the head starts from a saved model (which has none)
+    assert main([*args, f"output_dir={tmp_path / 'next'}", f"init_from={tmp_path / 'straight' / 'model'}"]) == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import (
     CLIPImageProcessor,
@@ -32,6 +33,7 @@ from transformers import (
 from ..data.templates import question_for
 from ..data.toy_world import generate_sample, generate_scene, split_seed
 from ..data.toy_world.sample import SPLIT_SIZE
+from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import grid_cell
 from ..errors import InputError
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
@@ -82,6 +84,10 @@ class VlmPretrainConfig:
     # reverse of a referring turn (as Shikra pairs REC with REG); the LM looks a patch up by its place, which is
     # easy to learn, and that makes the tower's patches say what lies on them, which the referring turns then search
     region_rate: float = 0.0
+    # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
+    # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
+    # vision tower's patches say what they show. The head is dropped from the saved model.
+    patch_label_weight: float = 0.0
     lr: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -162,10 +168,14 @@ def _load_init_weights(init_from: Path, model: LlavaForConditionalGeneration) ->
     if (init_from / "config.json").is_file():
         state = LlavaForConditionalGeneration.from_pretrained(init_from).state_dict()
         try:
-            model.load_state_dict(state, strict=True)
+            missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as error:
             raise InputError(f"init_from {init_from} was built with other sizes than this config "
                              f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
+        missing = [name for name in missing if not name.startswith("patch_label_head.")]
+        if missing or unexpected:
+            raise InputError(f"init_from {init_from} is not a toy LLaVA of this config's layout "
+                             f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
     elif (init_from / "training_state.pt").is_file():
         load_trained_weights(init_from, model)
     else:
@@ -276,7 +286,7 @@ def scene_index_with_few_objects(index: int, max_objects: int) -> int:
 
 
 def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor) -> dict[str, torch.Tensor]:
-    images, id_lists, label_lists = [], [], []
+    images, id_lists, label_lists, patch_labels = [], [], [], []
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
@@ -286,9 +296,52 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
         ids, labels = encode_conversation(tokenizer, config, turns)
         id_lists.append(ids)
         label_lists.append(labels)
+        patch_labels.append(patch_object_labels(sample, config.image_size // config.patch_size))
     input_ids, labels, attention = pad_right(id_lists, label_lists, tokenizer.pad_token_id)
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
+    if config.patch_label_weight:
+        batch["patch_labels"] = torch.stack(patch_labels)
+    return batch
+
+
+def patch_object_labels(scene, grid: int) -> torch.Tensor:
+    """``[grid * grid, 2]`` (colour, shape) class of the object under each patch's centre, row-major; background is
+    the last class of each (``len(COLOUR_NAMES)``, ``len(SHAPES)``)."""
+    labels = torch.tensor([len(COLOUR_NAMES), len(SHAPES)]).repeat(grid * grid, 1)
+    for k in range(grid * grid):
+        row, column = divmod(k, grid)
+        x, y = int((column + 0.5) * scene.width / grid), int((row + 0.5) * scene.height / grid)
+        for obj in scene.objects:
+            if obj.mask[y, x]:
+                labels[k] = torch.tensor([COLOUR_NAMES.index(obj.colour), SHAPES.index(obj.shape)])
+    return labels
+
+
+class PatchLabelHead(torch.nn.Module):
+    """Linear read-out of a patch's object colour and shape from the image token the LM receives."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, len(COLOUR_NAMES) + 1 + len(SHAPES) + 1)
+
+    def loss(self, image_tokens: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(image_tokens.float())
+        colours = len(COLOUR_NAMES) + 1
+        return (F.cross_entropy(logits[..., :colours].flatten(0, 1), patch_labels[..., 0].flatten())
+                + F.cross_entropy(logits[..., colours:].flatten(0, 1), patch_labels[..., 1].flatten()))
+
+
+def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConfig) -> tuple[torch.Tensor, dict]:
+    """The LM loss, plus the weighted patch-label loss when the config asks for it."""
+    patch_labels = batch.pop("patch_labels", None)
+    if patch_labels is None:
+        return model(**batch).loss, {}
+    out = model(**batch, output_hidden_states=True)
+    image_positions = batch["input_ids"] == model.config.image_token_id
+    tokens = out.hidden_states[0][image_positions].reshape(*patch_labels.shape[:2], -1)
+    patch_loss = model.patch_label_head.loss(tokens, patch_labels)
+    return out.loss + config.patch_label_weight * patch_loss, {"patch_loss": round(float(patch_loss.detach()), 5)}
 
 
 @torch.no_grad()
@@ -334,6 +387,8 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     image_processor = build_image_processor(config)
     accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model = build_llava(config, tokenizer)
+    if config.patch_label_weight:
+        model.patch_label_head = PatchLabelHead(config.text_width)
     if config.init_from and checkpoint is None:
         _load_init_weights(Path(config.init_from), model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
@@ -348,14 +403,14 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     for step in bar:
         batch = {k: v.to(accelerator.device) for k, v in draw_batch(config, step, tokenizer, image_processor).items()}
         with accelerator.autocast():
-            loss = model(**batch).loss
+            loss, extra = training_loss(model, batch, config)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": round(float(loss.detach()), 5)}
+        record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": round(float(loss.detach()), 5), **extra}
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if config.val_every and done % config.val_every == 0 or done == config.steps:
             record.update(evaluate_vlm(accelerator.unwrap_model(model), tokenizer, image_processor, config, config.val_scenes))
@@ -367,7 +422,10 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
             save_checkpoint(output_dir, done, accelerator.unwrap_model(model), optimizer, scheduler, config)
     final = output_dir / FINAL_MODEL_DIR
     if end == config.steps:
-        accelerator.unwrap_model(model).save_pretrained(final)
+        model = accelerator.unwrap_model(model)
+        if config.patch_label_weight:
+            del model.patch_label_head  # a training aid, not part of the LLaVA
+        model.save_pretrained(final)
         tokenizer.save_pretrained(str(final))
         image_processor.save_pretrained(str(final))
         (final / "reasonseg_stage.json").write_text(json.dumps({"conv_type": config.conv_type}) + "\n")
