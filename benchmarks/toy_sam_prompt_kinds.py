@@ -34,6 +34,7 @@ from reasonseg.modeling.losses import mask_bce, mask_dice
 from reasonseg.modeling.point_prompts import positive_point_embeddings
 from reasonseg.modeling.sam import decode_seg_masks
 from reasonseg.processing.sam_transform import SamTransform
+from reasonseg.training.sam_pretrain import padded_mask
 
 
 def encode_scenes(sam: SamModel, split: str, count: int, first: int = 0) -> list[tuple[torch.Tensor, list[dict]]]:
@@ -48,9 +49,7 @@ def encode_scenes(sam: SamModel, split: str, count: int, first: int = 0) -> list
             scale = resized[0] / scene.height
             objects = []
             for obj in scene.objects:
-                mask = np.zeros((size, size), np.float32)
-                small = Image.fromarray(obj.mask.astype(np.uint8) * 255).resize((resized[1], resized[0]), Image.NEAREST)
-                mask[: resized[0], : resized[1]] = np.asarray(small) > 127
+                mask = padded_mask(obj.mask, resized, size)
                 column, row = grid_cell(obj, scene.width, scene.height)
                 centre = ((column + 0.5) * scene.width / GROUNDING_GRID * scale,
                           (row + 0.5) * scene.height / GROUNDING_GRID * scale)

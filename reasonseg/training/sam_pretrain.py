@@ -150,7 +150,8 @@ class PromptBatch:
     targets: torch.Tensor  # [B, K, S, S] float 0/1 in the padded frame
 
 
-def _padded_mask(mask: np.ndarray, resized: tuple[int, int], size: int) -> np.ndarray:
+def padded_mask(mask: np.ndarray, resized: tuple[int, int], size: int) -> np.ndarray:
+    """A bool mask at the original size -> float 0/1 ``[size, size]`` in SAM's resized, bottom-right-padded frame."""
     small = Image.fromarray(mask.astype(np.uint8) * 255).resize((resized[1], resized[0]), Image.NEAREST)
     out = np.zeros((size, size), dtype=np.float32)
     out[: resized[0], : resized[1]] = np.asarray(small) > 127
@@ -181,7 +182,7 @@ def draw_prompt_batch(config: SamPretrainConfig, step: int, transform: SamTransf
                 point = (float(obj.point[0]), float(obj.point[1]))
             row_points.append([[point[0] * scale, point[1] * scale]])
             row_boxes.append([v * scale for v in obj.box])
-            row_targets.append(_padded_mask(mask, resized, config.image_size))
+            row_targets.append(padded_mask(mask, resized, config.image_size))
         pixels.append(pixel_values)
         points.append(row_points)
         boxes.append(row_boxes)
