@@ -89,15 +89,21 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
     parser.add_argument("--features", choices=["model", "oracle"], default="model")
     parser.add_argument("--logit-scale", type=float, default=1.0)
+    parser.add_argument("--token-norm", choices=["global", "layer"], default="global")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--train-objects", type=int, default=20000,
+                        help="objects whose image tokens the probe trains on (few: it memorises 256-wide tokens)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, _, processor, _ = load(Path(args.model), args.config)
     oracle = args.features == "oracle"
-    train = collect(model, processor, "train", 3000, 3_000_000, oracle)
+    train = collect(model, processor, "train", args.train_objects, 3_000_000, oracle)
     val = collect(model, processor, "val", 400, 0, oracle)
-    mean, std = train[0].mean((0, 1)), train[0].std((0, 1)) + 1e-5
-    train, val = [((tokens - mean) / std, queries, cells) for tokens, queries, cells in (train, val)]
+    if args.token_norm == "layer":  # each token on its own, as the LM's RMSNorm does before its attention
+        train, val = [(F.layer_norm(t, t.shape[-1:]), q, c) for t, q, c in (train, val)]
+    else:  # every channel standardised over the training tokens
+        mean, std = train[0].mean((0, 1)), train[0].std((0, 1)) + 1e-5
+        train, val = [((t - mean) / std, q, c) for t, q, c in (train, val)]
     probe = RetrievalProbe(train[0].shape[-1], args.logit_scale)
     optimizer = torch.optim.Adam(probe.parameters(), lr=3e-3)
     grid = GROUNDING_GRID
@@ -113,7 +119,7 @@ def main() -> None:
                 logits = probe(val[0], val[1])
             column = logits[:, :grid].argmax(-1) == val[2][:, 0]
             row = logits[:, grid:].argmax(-1) == val[2][:, 1]
-            print(f"step {step}: val column right {column.float().mean():.3f}, row {row.float().mean():.3f}, "
+            print(f"step {step}: train loss {loss.item():.3f}; val column right {column.float().mean():.3f}, row {row.float().mean():.3f}, "
                   f"both {(column & row).float().mean():.3f} (chance 0.125 / 0.016) of {len(column)} objects", flush=True)
 
 
