@@ -33,6 +33,7 @@ from transformers import (
 from ..data.templates import question_for
 from ..data.toy_world import generate_sample, generate_scene, split_seed
 from ..data.toy_world.sample import SPLIT_SIZE
+from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import grid_cell
 from ..errors import InputError
@@ -79,10 +80,10 @@ class VlmPretrainConfig:
     referring_rate: float = 0.5  # share of turns that ask which object a segmentation query means
     # a curriculum phase may train on scenes with few objects only (the world draws 1 to 6): with one object,
     # "where is it" needs no search, so the LM first learns to read a place out of the image tokens
-    max_objects: int = 6
+    max_objects: int = MAX_OBJECTS
     # share of turns asking what is at a grid cell ("What is at (3, 6)?" -> "It is the small red star."): the
-    # reverse of a referring turn (as Shikra pairs REC with REG); the LM looks a patch up by its place, which is
-    # easy to learn, and that makes the tower's patches say what lies on them, which the referring turns then search
+    # reverse of a referring turn (as Shikra pairs REC with REG): the LM looks a patch up by its place and must read
+    # what lies there, so the tower's patches are pushed to say it, which is what a referring turn searches
     region_rate: float = 0.0
     # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
     # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
@@ -122,8 +123,8 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
     if not 0 <= config.referring_rate + config.region_rate <= 1 or min(config.referring_rate, config.region_rate) < 0:
         raise InputError(f"referring_rate {config.referring_rate} and region_rate {config.region_rate} must be >= 0 "
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
-    if not 1 <= config.max_objects <= 6:
-        raise InputError(f"max_objects {config.max_objects}: the world draws 1 to 6 objects per scene")
+    if not 1 <= config.max_objects <= MAX_OBJECTS:
+        raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     if config.position_init not in ("random", "sincos"):
         raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
@@ -279,6 +280,8 @@ def encode_conversation(tokenizer, config: VlmPretrainConfig, turns: list[tuple[
 def scene_index_with_few_objects(index: int, max_objects: int) -> int:
     """``index`` itself, or the first of a fixed walk of other train indices from it whose scene has at most
     ``max_objects`` objects (every batch row stays reproducible)."""
+    if max_objects >= MAX_OBJECTS:
+        return index
     candidate = index
     while len(generate_scene(split_seed("train", candidate)).objects) > max_objects:
         candidate = (candidate + 1_000_003) % SPLIT_SIZE

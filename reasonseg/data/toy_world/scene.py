@@ -370,7 +370,8 @@ def sample_background(rng: random.Random) -> BackgroundSpec:
     return BackgroundSpec(kind, colour, colour2, direction, sigma, rng.getrandbits(63) if sigma else 0)
 
 
-_COUNT_WEIGHTS = (0.08, 0.17, 0.22, 0.22, 0.17, 0.14)  # 1..6 objects
+MAX_OBJECTS = 6
+_COUNT_WEIGHTS = (0.08, 0.17, 0.22, 0.22, 0.17, 0.14)  # 1..MAX_OBJECTS objects
 _PALETTE_SIZES = (1, 2, 2, 3, 3, 4, 5, 8)  # colours (and shapes, capped at 6) a scene draws from: repeats happen
 
 
@@ -398,7 +399,7 @@ def sample_scene(rng: random.Random) -> Scene:
         width, height = rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE)
         if max(width, height) <= 2.5 * min(width, height):
             break
-    n = rng.choices(range(1, 7), weights=_COUNT_WEIGHTS)[0]
+    n = rng.choices(range(1, MAX_OBJECTS + 1), weights=_COUNT_WEIGHTS)[0]
     colours = rng.sample(list(COLOURS), min(rng.choice(_PALETTE_SIZES), len(COLOURS)))
     shapes = rng.sample(SHAPES, min(rng.choice(_PALETTE_SIZES), len(SHAPES)))
     allow_overlap = rng.random() < 0.35
