@@ -31,6 +31,10 @@ from reasonseg.training.vlm_pretrain import (
     build_llava,
     encode_conversation,
     load_vlm_pretrain_config,
+    objects_alone_in_their_cell,
+    referring_queries,
+    referring_turn,
+    region_turn,
 )
 
 
@@ -73,26 +77,27 @@ def position_r2(model, image_processor, scenes: int) -> dict[str, np.ndarray]:
             "projector": ridge_r2(np.concatenate(projected), targets)}
 
 
+def teacher_forced(model, tokenizer, config, pixels, turn: tuple[str, str]) -> tuple[list[int], list[int]]:
+    """Predicted next tokens and the labels they should match (``IGNORE_INDEX`` outside the answer)."""
+    ids, labels = encode_conversation(tokenizer, config, [turn])
+    logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
+    return logits[:-1].argmax(-1).tolist(), labels[1:]
+
+
 @torch.no_grad()
 def grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0) -> dict:
     digit_of = {tokenizer.convert_tokens_to_ids(prefix + str(d)): d for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
     digit_of.pop(tokenizer.unk_token_id, None)
-    right = total = both = turns = near = inside = 0
+    right = total = both = turns = near = inside = region_right = region_turns = 0
     predicted_cells = set()
     by_count: dict[str, list[int]] = {}  # objects in the scene -> [turns, said cell's centre on the target]
     for index in range(first, first + scenes):
         sample = generate_sample(split_seed("val", index))
         pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
-        for query in sample.queries:
-            if len(query.targets) != 1 or query.family == "explanatory":
-                continue
+        for query in referring_queries(sample):
             target = sample.objects[query.targets[0]]
             column, row = grid_cell(target, sample.width, sample.height)
-            question = query.text if query.is_sentence else f"Which shape is {query.text}?"
-            answer = f"It is the {target.describe(with_size=True)} at ({column}, {row})."
-            ids, labels = encode_conversation(tokenizer, config, [(question, answer)])
-            logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
-            predicted, expected = logits[:-1].argmax(-1).tolist(), labels[1:]
+            predicted, expected = teacher_forced(model, tokenizer, config, pixels, referring_turn(sample, query))
             places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_of][-2:]
             hits = [predicted[k] == expected[k] for k in places]
             right, total, both, turns = right + sum(hits), total + len(hits), both + all(hits), turns + 1
@@ -101,25 +106,15 @@ def grounding(model, tokenizer, image_processor, config, scenes: int, first: int
                 near += abs(said[0] - column) <= 1 and abs(said[1] - row) <= 1
                 x = int((said[0] + 0.5) * sample.width / GROUNDING_GRID)
                 y = int((said[1] + 0.5) * sample.height / GROUNDING_GRID)
-                inside += bool(target.mask[y, x])
-                bucket = by_count.setdefault(str(min(len(sample.objects), 3)).replace("3", "3+"), [0, 0])
+                on_target = bool(target.mask[y, x])
+                inside += on_target
+                bucket = by_count.setdefault("3+" if len(sample.objects) >= 3 else str(len(sample.objects)), [0, 0])
                 bucket[0] += 1
-                bucket[1] += bool(target.mask[y, x])
+                bucket[1] += on_target
             predicted_cells.add(tuple(predicted[k] for k in places))
-    region_right = region_turns = 0
-    for index in range(first, first + scenes):
-        sample = generate_sample(split_seed("val", index))
-        pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
-        cells = [grid_cell(o, sample.width, sample.height) for o in sample.objects]
-        for obj, (column, row) in zip(sample.objects, cells):
-            if cells.count((column, row)) > 1:
-                continue
-            turn = (f"What is at ({column}, {row})?", f"It is the {obj.describe(with_size=True)}.")
-            ids, labels = encode_conversation(tokenizer, config, [turn])
-            logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
-            predicted, expected = logits[:-1].argmax(-1).tolist(), labels[1:]
-            answer = [k for k, token in enumerate(expected) if token != IGNORE_INDEX]
-            region_right += all(predicted[k] == expected[k] for k in answer)
+        for cell, obj in objects_alone_in_their_cell(sample):
+            predicted, expected = teacher_forced(model, tokenizer, config, pixels, region_turn(cell, obj))
+            region_right += all(predicted[k] == token for k, token in enumerate(expected) if token != IGNORE_INDEX)
             region_turns += 1
     return {"region_right": region_right / max(region_turns, 1), "region_turns": region_turns,
             "token_accuracy": right / max(total, 1), "both_right": both / max(turns, 1), "turns": turns,

@@ -16,7 +16,7 @@ from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
-from reasonseg.data.toy_world import generate_scene, split_seed
+from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.errors import InputError
 from reasonseg.training.vlm_pretrain import (
@@ -25,8 +25,8 @@ from reasonseg.training.vlm_pretrain import (
     build_world_tokenizer,
     encode_conversation,
     load_vlm_pretrain_config,
-    scene_index_with_few_objects,
     scene_turns,
+    train_sample,
     sincos_2d_positions,
 )
 
@@ -94,10 +94,12 @@ def test_vlm_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path):
 def test_vlm_curriculum_keeps_scenes_with_few_objects():
     counts = {index: len(generate_scene(split_seed("train", index)).objects) for index in range(40)}
     for index, count in counts.items():
-        assert scene_index_with_few_objects(index, 6) == index
-        chosen = scene_index_with_few_objects(index, 1)
-        assert len(generate_scene(split_seed("train", chosen)).objects) == 1
-        assert (chosen == index) == (count == 1)
+        assert train_sample(index, 6).seed == split_seed("train", index)
+        chosen = train_sample(index, 1)
+        assert len(generate_scene(chosen.seed).objects) == len(chosen.objects) == 1
+        assert (chosen.seed == split_seed("train", index)) == (count == 1)
+        # the sample of the seed the walk stopped at, queries included
+        assert [q.answer for q in chosen.queries] == [q.answer for q in generate_sample(chosen.seed).queries]
     with pytest.raises(InputError, match="max_objects"):
         load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["max_objects=0"])
 
@@ -249,7 +251,6 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
 
 
 def test_vlm_patch_labels_name_the_object_under_each_patch_centre():
-    from reasonseg.data.toy_world import generate_sample
     from reasonseg.data.toy_world.vocab import COLOUR_NAMES, SHAPES
     from reasonseg.training.vlm_pretrain import patch_object_labels
 

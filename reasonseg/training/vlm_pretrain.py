@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from ..data.templates import question_for
-from ..data.toy_world import generate_sample, generate_scene, split_seed
+from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
 from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
@@ -135,25 +135,43 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
     object a segmentation query means and where it is ("the shape that could roll" -> "It is the blue circle at
     (3, 5).", the cell of the answers' grounding grid: it makes the tower keep where each patch is)."""
     turns = []
-    referring = [q for q in sample.queries if len(q.targets) == 1 and q.family not in ("explanatory",)]
-    cells = [grid_cell(obj, sample.width, sample.height) for obj in sample.objects]
-    placed = [(cell, obj) for cell, obj in zip(cells, sample.objects) if cells.count(cell) == 1]
+    referring = referring_queries(sample)
+    placed = objects_alone_in_their_cell(sample)
     for _ in range(config.turns_per_image):
         draw = rng.random()
         if referring and draw < config.referring_rate:
-            query = referring[int(rng.integers(len(referring)))]
-            target = sample.objects[query.targets[0]]
-            question = query.text if query.is_sentence else f"Which shape is {query.text}?"
-            column, row = grid_cell(target, sample.width, sample.height)
-            turns.append((question, f"It is the {target.describe(with_size=True)} at ({column}, {row})."))
+            turns.append(referring_turn(sample, referring[int(rng.integers(len(referring)))]))
         elif placed and draw < config.referring_rate + config.region_rate:
-            (column, row), obj = placed[int(rng.integers(len(placed)))]
-            question = REGION_QUESTIONS[int(rng.integers(len(REGION_QUESTIONS)))].format(place=f"({column}, {row})")
-            turns.append((question, f"It is the {obj.describe(with_size=True)}."))
+            cell, obj = placed[int(rng.integers(len(placed)))]
+            turns.append(region_turn(cell, obj, REGION_QUESTIONS[int(rng.integers(len(REGION_QUESTIONS)))]))
         else:
             pair = sample.qa[int(rng.integers(len(sample.qa)))]
             turns.append((pair.question, pair.answer))
     return turns
+
+
+def referring_queries(sample) -> list:
+    """The sample's queries a referring turn can ask: one target, not the explanatory family."""
+    return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
+
+
+def referring_turn(sample, query) -> tuple[str, str]:
+    """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
+    target = sample.objects[query.targets[0]]
+    column, row = grid_cell(target, sample.width, sample.height)
+    question = query.text if query.is_sentence else f"Which shape is {query.text}?"
+    return question, f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+
+
+def objects_alone_in_their_cell(sample) -> list[tuple[tuple[int, int], object]]:
+    """``((column, row), object)`` for each object whose grid cell holds no other object's innermost point."""
+    cells = [grid_cell(obj, sample.width, sample.height) for obj in sample.objects]
+    return [(cell, obj) for cell, obj in zip(cells, sample.objects) if cells.count(cell) == 1]
+
+
+def region_turn(cell: tuple[int, int], obj, question_template: str = REGION_QUESTIONS[0]) -> tuple[str, str]:
+    """("What is at (3, 6)?", "It is the small red star.")."""
+    return question_template.format(place=f"({cell[0]}, {cell[1]})"), f"It is the {obj.describe(with_size=True)}."
 
 
 def _init_tokenizer_dir(init_from: Path) -> Path:
@@ -277,15 +295,18 @@ def encode_conversation(tokenizer, config: VlmPretrainConfig, turns: list[tuple[
     return ids[: config.max_length], labels[: config.max_length]
 
 
-def scene_index_with_few_objects(index: int, max_objects: int) -> int:
-    """``index`` itself, or the first of a fixed walk of other train indices from it whose scene has at most
-    ``max_objects`` objects (every batch row stays reproducible)."""
+def train_sample(index: int, max_objects: int):
+    """Train sample ``index``; with ``max_objects`` below the world's maximum, the first sample of a fixed walk of
+    train indices from ``index`` whose scene has at most ``max_objects`` objects (every batch row stays
+    reproducible)."""
     if max_objects >= MAX_OBJECTS:
-        return index
+        return generate_sample(split_seed("train", index))
     candidate = index
-    while len(generate_scene(split_seed("train", candidate)).objects) > max_objects:
+    while True:
+        scene = generate_scene(split_seed("train", candidate))
+        if len(scene.objects) <= max_objects:
+            return sample_from_scene(scene, split_seed("train", candidate))
         candidate = (candidate + 1_000_003) % SPLIT_SIZE
-    return candidate
 
 
 def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor) -> dict[str, torch.Tensor]:
@@ -293,17 +314,18 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
-        sample = generate_sample(split_seed("train", scene_index_with_few_objects(index, config.max_objects)))
+        sample = train_sample(index, config.max_objects)
         turns = scene_turns(sample, rng, config)
         images.append(Image.fromarray(sample.image))
         ids, labels = encode_conversation(tokenizer, config, turns)
         id_lists.append(ids)
         label_lists.append(labels)
-        patch_labels.append(patch_object_labels(sample, config.image_size // config.patch_size))
+        if config.patch_label_weight:
+            patch_labels.append(patch_object_labels(sample, config.image_size // config.patch_size))
     input_ids, labels, attention = pad_right(id_lists, label_lists, tokenizer.pad_token_id)
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
-    if config.patch_label_weight:
+    if patch_labels:
         batch["patch_labels"] = torch.stack(patch_labels)
     return batch
 
@@ -312,11 +334,12 @@ def patch_object_labels(scene, grid: int) -> torch.Tensor:
     """``[grid * grid, 2]`` (colour, shape) class of the object under each patch's centre, row-major; background is
     the last class of each (``len(COLOUR_NAMES)``, ``len(SHAPES)``)."""
     labels = torch.tensor([len(COLOUR_NAMES), len(SHAPES)]).repeat(grid * grid, 1)
+    masks = [obj.mask for obj in scene.objects]  # each a fresh full-image array: build them once
     for k in range(grid * grid):
         row, column = divmod(k, grid)
         x, y = int((column + 0.5) * scene.width / grid), int((row + 0.5) * scene.height / grid)
-        for obj in scene.objects:
-            if obj.mask[y, x]:
+        for obj, mask in zip(scene.objects, masks):
+            if mask[y, x]:
                 labels[k] = torch.tensor([COLOUR_NAMES.index(obj.colour), SHAPES.index(obj.shape)])
     return labels
 
