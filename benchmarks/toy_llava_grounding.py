@@ -27,6 +27,7 @@ from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
+    TRAINING_AIDS,
     build_image_processor,
     build_llava,
     encode_conversation,
@@ -46,7 +47,7 @@ def load(path: Path, config_path: str):
     tokenizer = AutoTokenizer.from_pretrained(path.parent / "tokenizer")
     model = build_llava(config, tokenizer)
     state = torch.load(path / "training_state.pt", weights_only=False, map_location="cpu")["trainable"]
-    state = {name: value for name, value in state.items() if not name.startswith("patch_label_head.")}  # training aid
+    state = {name: value for name, value in state.items() if not name.startswith(TRAINING_AIDS)}
     model.load_state_dict(state, strict=True)
     return model.eval(), tokenizer, build_image_processor(config), config
 

@@ -16,6 +16,7 @@ from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
+from reasonseg.processing.processing_reasonseg import ReasonSegProcessor
 from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.errors import InputError
@@ -153,6 +154,20 @@ def test_vlm_labels_supervise_exactly_the_answers():
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
 
 
+def test_vlm_image_placement_after_text_puts_the_image_tokens_after_the_first_question():
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", [*TINY_VLM, "image_placement=after_text"])
+    tokenizer = build_world_tokenizer(config)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    ids, _ = encode_conversation(tokenizer, config, [("How many shapes are there?", "Two."), ("And stars?", "One.")])
+    first_image = ids.index(image_id)
+    assert ids[first_image : first_image + config.num_image_tokens] == [image_id] * config.num_image_tokens
+    assert ids.count(image_id) == config.num_image_tokens
+    before = tokenizer.decode(ids[:first_image])
+    assert "How many shapes are there?" in before and "And stars?" not in before
+    with pytest.raises(InputError, match="image_placement 'middle'"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["image_placement=middle"])
+
+
 def test_vlm_referring_turns_name_the_target_and_its_grid_cell():
     from reasonseg.data.toy_world import generate_sample, split_seed
 
@@ -235,8 +250,12 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
 
     sam, vlm, built, run = (tmp_path / name for name in ("sam", "vlm", "built", "run"))
     assert main(["pretrain", "sam", "--config", "configs/demo/toy_sam.yaml", f"output_dir={sam}", *TINY_SAM]) == 0
-    assert main(["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", f"output_dir={vlm}", *TINY_VLM]) == 0
+    assert main(["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", f"output_dir={vlm}", *TINY_VLM,
+                 "image_placement=after_text"]) == 0
     assert main(["build", "--vlm", str(vlm / "model"), "--sam", str(sam / "model"), "--out", str(built)]) == 0
+    processor = ReasonSegProcessor.from_pretrained(built)  # the stage-2 prompt layout travels into the build
+    assert processor.settings.image_placement == "after_text"
+    assert processor.conversation_prompt([("Segment the red circle.", None)]).count("Segment the red circle.\n<image>") == 1
     assert main(["train", "--config", "configs/demo/reasoning.yaml", f"model={built}", f"output_dir={run}",
                  "steps_per_epoch=2", "batch_size=2", "conversations_per_image=2", "save_every=2", "log_every=1",
                  "val_data=null", "val_every=0", "warmup_steps=1", "precision=fp32"]) == 0  # one process: one precision
@@ -266,17 +285,45 @@ def test_vlm_patch_labels_name_the_object_under_each_patch_centre():
     assert (labels[:, 0] < 8).any() and (labels[:, 0] == 8).any()
 
 
-def test_vlm_patch_label_loss_trains_resumes_and_leaves_no_head_in_the_model(tmp_path):
-    args = ["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", *TINY_VLM, "patch_label_weight=1.0",
-            "val_every=0"]
+def test_vlm_target_patches_are_the_queried_objects_patches():
+    from reasonseg.training.vlm_pretrain import TargetPatchHead, target_patch_labels
+
+    sample = generate_sample(split_seed("train", 3))
+    for obj in sample.objects:
+        labels = target_patch_labels(sample, obj, 8).reshape(8, 8)
+        column, row = grid_cell(obj, sample.width, sample.height)
+        assert labels[row, column] == 1
+        for r in range(8):
+            for c in range(8):
+                patch = obj.mask[r * sample.height // 8 : (r + 1) * sample.height // 8,
+                                 c * sample.width // 8 : (c + 1) * sample.width // 8]
+                assert labels[r, c] == float(patch.mean() >= 0.25 or (r, c) == (row, column))
+    unasked = target_patch_labels(sample, None, 8)
+    assert (unasked == -1).all()
+    head = TargetPatchHead(4)
+    assert float(head.loss(torch.randn(1, 64, 4), unasked[None])) == 0.0  # a turn about no object teaches nothing
+
+
+@pytest.mark.parametrize("aid, head", [
+    (["patch_label_weight=1.0"], "patch_label_head"),
+    (["target_patch_weight=1.0", "image_placement=after_text", "referring_rate=1.0"], "target_patch_head"),
+])
+def test_vlm_training_aid_trains_resumes_and_leaves_no_head_in_the_model(tmp_path, aid, head):
+    args = ["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", *TINY_VLM, *aid, "val_every=0"]
     assert main([*args, f"output_dir={tmp_path / 'straight'}"]) == 0
     assert main([*args, f"output_dir={tmp_path / 'cut'}", "--stop-after", "2"]) == 0
     assert main([*args, f"output_dir={tmp_path / 'cut'}", "--resume"]) == 0
     first, second = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "cut")
-    assert not any(name.startswith("patch_label_head") for name in first)
+    assert not any(name.startswith(head) for name in first)
     for name in first:
         torch.testing.assert_close(first[name], second[name], atol=1e-6, rtol=0, msg=name)
     log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
-    assert all(record["patch_loss"] > 0 for record in log)
+    loss_name = "patch_loss" if head == "patch_label_head" else "target_patch_loss"
+    assert all(record[loss_name] > 0 for record in log)
     # a later phase with the head starts from a saved model (which has none)
     assert main([*args, f"output_dir={tmp_path / 'next'}", f"init_from={tmp_path / 'straight' / 'model'}"]) == 0
+
+
+def test_vlm_target_patch_loss_needs_the_question_before_the_image():
+    with pytest.raises(InputError, match="target_patch_weight needs image_placement=after_text"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["target_patch_weight=1.0"])

@@ -319,3 +319,10 @@ def test_two_processes_equal_one_process_batch_one(tiny, tmp_path, capsys):
     metrics_two = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics_two["results"] == metrics_one["results"] and metrics_two["settings"]["processes"] == 2
     assert not list((tmp_path / "two").glob("*.part-*"))
+
+
+def test_lisa_question_puts_the_image_where_the_processor_does():
+    assert lisa_question("the red circle", False) == (
+        "<image>\n What is the red circle in this image? Please output segmentation mask.")  # LISA's own
+    assert lisa_question(" Find what rolls. ", True, "<image>", "after_text") == (
+        "Find what rolls. Please output segmentation mask.\n<image>")

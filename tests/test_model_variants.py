@@ -4,10 +4,12 @@ start/end tokens, and the llava_llama_2 template."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import CLIPImageProcessor
 
 from reasonseg import Segmenter
+from reasonseg.errors import InputError
 from reasonseg.modeling.modeling_reasonseg import ReasonSegForCausalLM
 from reasonseg.modeling.tiny import build_tiny_tokenizer, tiny_config
 from reasonseg.processing.conversation import IMAGE_END_TOKEN, IMAGE_START_TOKEN
@@ -69,3 +71,19 @@ def test_llava_llama_2_template_renders_and_continues(rgb_image):
     chat.ask("the circle", max_new_tokens=3)
     second = chat.ask("and the square?", max_new_tokens=3, force_seg=True)
     assert len(second.masks) == 1 and second.seg_forced in (True, False)
+
+
+def test_image_after_text_puts_the_image_features_after_the_question_and_refuses_other_placements(rgb_image):
+    segmenter = _segmenter(ProcessorSettings(tokenizer_style="default", image_placement="after_text"))
+    processor = segmenter.processor
+    prompt = processor.conversation_prompt([("the circle", None)])
+    assert "the circle\n<image>" in prompt and prompt.count("<image>") == 1
+    ids = processor.encode(prompt)
+    at = ids.index(segmenter.model.config.image_token_index)
+    assert processor.encode(prompt[: prompt.index("<image>")]) == ids[:at]  # the whole question comes first
+    written = processor.conversation_prompt([("<image>\nthe circle", None)])  # a user-placed image stays put
+    assert written.index("<image>") < written.index("the circle")
+    prediction = segmenter.predict(rgb_image, "the circle", max_new_tokens=4, force_seg=True)
+    assert len(prediction.masks) == 1
+    with pytest.raises(InputError, match="image_placement 'below'"):
+        ReasonSegProcessor(processor.tokenizer, processor.image_processor, ProcessorSettings(image_placement="below"))

@@ -37,6 +37,7 @@ from .loading import PRECISIONS, locate_checkpoint, read_config
 
 VLM_LAYOUTS = ("llava", "llava_hf", "causal_lm")
 BUILD_INFO_NAME = "build_info.json"
+STAGE_INFO_NAME = "reasonseg_stage.json"  # written by `reasonseg pretrain vlm` beside the toy LLaVA it saves
 # segment-anything checkpoints end in .pth; .pt/.bin/.safetensors files with the same keys are taken too
 SAM_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -53,6 +54,7 @@ class BuildReport:
     vision_tower: str | None = None
     dtype: str = "float32"
     conv_type: str = "llava_v1"
+    image_placement: str = "before_text"
     tokenizer_style: str = "default"
     use_im_start_end: bool = False
     added_tokens: dict[str, int] = field(default_factory=dict)
@@ -192,9 +194,11 @@ def build_model(
     model.config.text_config.vocab_size = model.get_input_embeddings().weight.shape[0]
     model.eval()
 
-    chosen_conv = conv_type or guess_conv_type(str(delta or vlm))
+    stage = read_stage_info(vlm_dir)
+    chosen_conv = conv_type or stage.get("conv_type") or guess_conv_type(str(delta or vlm))
     settings = ProcessorSettings(
         conv_type=chosen_conv,
+        image_placement=stage.get("image_placement", "before_text"),
         use_im_start_end=im_start_end,
         sam_image_size=sam_config.vision_config.image_size,
         tokenizer_style=parts.tokenizer_style,
@@ -215,6 +219,7 @@ def build_model(
         vision_tower=parts.vision_tower,
         dtype=str(dtype).removeprefix("torch."),
         conv_type=chosen_conv,
+        image_placement=settings.image_placement,
         tokenizer_style=parts.tokenizer_style,
         use_im_start_end=im_start_end,
         added_tokens=added,
@@ -270,6 +275,19 @@ def resolve_dtype(precision: str, config: dict) -> torch.dtype:
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use auto or one of: {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
+
+
+def read_stage_info(directory: Path) -> dict:
+    """How a VLM trained by ``reasonseg pretrain vlm`` lays out its prompts (template, image placement); ``{}`` for
+    any other VLM."""
+    path = directory / STAGE_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} is not valid JSON; delete it, or rewrite it as "
+                              '{"conv_type": "llava_v1", "image_placement": "before_text"}') from None
 
 
 def guess_conv_type(name: str) -> str:

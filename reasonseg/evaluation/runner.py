@@ -48,8 +48,8 @@ MODES = ("lisa", "generate")
 MODE_CHOICES = ("lisa", "generate", "both")
 LISA_ANSWER = "[SEG]."
 # LISA's ValDataset phrasing (the user turn starts with the image placeholder, then "\n ")
-SHORT_QUESTION = "{image}\n What is {text} in this image? Please output segmentation mask."
-SENTENCE_QUESTION = "{image}\n {text} Please output segmentation mask."
+SHORT_QUESTION = "What is {text} in this image? Please output segmentation mask."
+SENTENCE_QUESTION = "{text} Please output segmentation mask."
 RESULTS_NAME = "per_sample"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
@@ -57,10 +57,11 @@ REPORT_FILE = "report.html"
 RECORD_KEY = "key"
 
 
-def lisa_question(text: str, is_sentence: bool, image_token: str = "<image>") -> str:
-    """The user turn LISA's validation asks about ``text`` (a phrase, or a whole sentence when ``is_sentence``)."""
-    template = SENTENCE_QUESTION if is_sentence else SHORT_QUESTION
-    return template.format(image=image_token, text=text.strip())
+def lisa_question(text: str, is_sentence: bool, image_token: str = "<image>", placement: str = "before_text") -> str:
+    """The user turn LISA's validation asks about ``text`` (a phrase, or a whole sentence when ``is_sentence``), with
+    the image placeholder where the model's processor puts it."""
+    question = (SENTENCE_QUESTION if is_sentence else SHORT_QUESTION).format(text=text.strip())
+    return f"{question}\n{image_token}" if placement == "after_text" else f"{image_token}\n {question}"
 
 
 def parse_modes(mode: str) -> tuple[str, ...]:
@@ -221,8 +222,8 @@ def _record(entry: _Loaded, mode: str, prediction: np.ndarray, answer: str, seg_
 def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
     processor = segmenter.processor
     images, indices = _image_groups(batch)
-    token = processor.settings.image_token
-    rows = [(index, lisa_question(e.item.query, e.item.is_sentence, token), answer)
+    token, placement = processor.settings.image_token, processor.settings.image_placement
+    rows = [(index, lisa_question(e.item.query, e.item.is_sentence, token, placement), answer)
             for e, index in zip(batch, indices)]
     outputs = forced_predictions(segmenter.model, processor, images, rows)
     records = []
@@ -236,12 +237,12 @@ def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
 def _generate_records(segmenter, batch: list[_Loaded], batch_size: int, max_new_tokens: int) -> list[dict]:
     processor = segmenter.processor
     images, indices = _image_groups(batch)
-    token = processor.settings.image_token
+    token, placement = processor.settings.image_token, processor.settings.image_placement
     prompts: list[list[str]] = [[] for _ in images]
     slot = []
     for entry, index in zip(batch, indices):
         slot.append((index, len(prompts[index])))
-        prompts[index].append(lisa_question(entry.item.query, entry.item.is_sentence, token))
+        prompts[index].append(lisa_question(entry.item.query, entry.item.is_sentence, token, placement))
     answers = segmenter.predict_batch(images, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
     seg_id = segmenter.model.config.seg_token_id
     records = []

@@ -78,10 +78,20 @@ def get_template(name: str) -> ConversationTemplate:
     return TEMPLATES[name]
 
 
-def with_image_placeholder(text: str, use_im_start_end: bool) -> str:
-    """Put the image placeholder in front of the user's first message (unless they wrote it), as LISA's chat does."""
-    if DEFAULT_IMAGE_TOKEN not in text:
-        text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"
+IMAGE_PLACEMENTS = ("before_text", "after_text")
+
+
+def place_image(text: str, placement: str = "before_text") -> str:
+    """The user's first message with the image placeholder in front of it (LLaVA's and LISA's "<image>\\n...") or
+    after it; a message that already holds the placeholder keeps it where the user wrote it."""
+    if DEFAULT_IMAGE_TOKEN in text:
+        return text
+    return f"{text}\n{DEFAULT_IMAGE_TOKEN}" if placement == "after_text" else f"{DEFAULT_IMAGE_TOKEN}\n{text}"
+
+
+def with_image_placeholder(text: str, use_im_start_end: bool, placement: str = "before_text") -> str:
+    """Put the image placeholder into the user's first message (unless they wrote it), as LISA's chat does."""
+    text = place_image(text, placement)
     if use_im_start_end:
         text = text.replace(DEFAULT_IMAGE_TOKEN, IMAGE_START_TOKEN + DEFAULT_IMAGE_TOKEN + IMAGE_END_TOKEN)
     return text

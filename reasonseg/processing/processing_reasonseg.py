@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, PreTrainedTokenizerBase
 
-from .conversation import DEFAULT_IMAGE_TOKEN, get_template, with_image_placeholder
+from ..errors import InputError
+from .conversation import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEMENTS, get_template, with_image_placeholder
 from .sam_transform import SamTransform
 from .tokenization import decode_answer, encode_with_image_placeholder, load_tokenizer, token_id
 
@@ -27,6 +28,9 @@ class ProcessorSettings:
     sam_image_size: int = 1024
     tokenizer_style: str = "llama_legacy"
     image_token: str = DEFAULT_IMAGE_TOKEN
+    # "before_text": LLaVA's and LISA's "<image>\n{question}"; "after_text": "{question}\n<image>", for a model
+    # trained so (the demo model: its image tokens see the question)
+    image_placement: str = "before_text"
     image_token_index: int = -200
     seg_token: str = SEG_TOKEN
     add_bos: bool = True
@@ -61,6 +65,8 @@ class ReasonSegProcessor:
         self.image_processor = image_processor
         self.settings = settings or ProcessorSettings()
         self.template = get_template(self.settings.conv_type)
+        if self.settings.image_placement not in IMAGE_PLACEMENTS:
+            raise InputError(f"image_placement {self.settings.image_placement!r}: use one of {', '.join(IMAGE_PLACEMENTS)}")
         self.sam_transform = SamTransform(self.settings.sam_image_size)
 
     # ---- ids ----
@@ -93,7 +99,7 @@ class ReasonSegProcessor:
     def user_message(self, text: str, first_turn: bool) -> str:
         """The user's words as the template expects them: the image placeholder goes into the first turn."""
         if first_turn:
-            return with_image_placeholder(text, self.settings.use_im_start_end)
+            return with_image_placeholder(text, self.settings.use_im_start_end, self.settings.image_placement)
         return text
 
     def conversation_prompt(self, turns: list[tuple[str, str | None]]) -> str:

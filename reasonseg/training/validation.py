@@ -76,7 +76,7 @@ def validate(model, processor, val_set: ValidationSet, accelerator=None, batch_s
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     bare = bare_model(model)
-    token = processor.settings.image_token
+    token, placement = processor.settings.image_token, processor.settings.image_placement
     mine = shard_indices(len(val_set), rank, world)
     was_training = model.training
     model.eval()
@@ -86,7 +86,7 @@ def validate(model, processor, val_set: ValidationSet, accelerator=None, batch_s
             chunk = mine[start : start + batch_size]
             items = [val_set.items[index] for index, _ in chunk]
             images = [load_image(item.image_path) for item in items]
-            rows = [(k, lisa_question(item.query, item.is_sentence, token), LISA_ANSWER) for k, item in enumerate(items)]
+            rows = [(k, lisa_question(item.query, item.is_sentence, token, placement), LISA_ANSWER) for k, item in enumerate(items)]
             if accelerator is not None:
                 with accelerator.autocast():
                     outputs = forced_predictions(bare, processor, images, rows)

@@ -30,14 +30,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..checkpoints.build import STAGE_INFO_NAME
 from ..data.templates import question_for
 from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
 from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
-from ..data.toy_world.queries import grid_cell
+from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
 from ..errors import InputError
-from ..processing.conversation import DEFAULT_IMAGE_TOKEN, get_template
+from ..processing.conversation import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEMENTS, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
@@ -104,6 +105,16 @@ class VlmPretrainConfig:
     # a new phase starts from an earlier run's weights and tokenizer (its `model` folder or a checkpoint-<step>
     # folder) with a fresh optimizer and learning-rate schedule, as LLaVA's second stage starts from its first
     init_from: str = ""
+    # where the first user turn puts the image: "before_text" (LLaVA's "<image>\n{question}") or "after_text"
+    # ("{question}\n<image>"): with the question first, each image token can attend to it and mark itself as the
+    # target, so the answer looks up a marked token instead of searching the image by the question's words
+    image_placement: str = "before_text"
+    # weight of an auxiliary loss that needs image_placement "after_text": when the first turn is a referring turn, a
+    # linear head must tell, from the LM's hidden state of each image token after `target_patch_layer` layers, whether
+    # the patch lies on the queried object. It teaches the image tokens to mark themselves as the target, so that the
+    # answer only has to find the marked tokens (as with a one-object scene). The head is dropped from the saved model.
+    target_patch_weight: float = 0.0
+    target_patch_layer: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +136,13 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
+    if config.image_placement not in IMAGE_PLACEMENTS:
+        raise InputError(f"image_placement {config.image_placement!r}: use one of {', '.join(IMAGE_PLACEMENTS)}")
+    if config.target_patch_weight and config.image_placement != "after_text":
+        raise InputError("target_patch_weight needs image_placement=after_text: an image token that comes before the "
+                         "question cannot know which object is asked for")
+    if not 1 <= config.target_patch_layer <= config.text_depth:
+        raise InputError(f"target_patch_layer {config.target_patch_layer}: use 1 to text_depth ({config.text_depth})")
     if config.position_init not in ("random", "sincos"):
         raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
@@ -134,20 +152,29 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
     """Question-answer turns about one scene: the world's QA pairs and caption, and referring turns that ask which
     object a segmentation query means and where it is ("the shape that could roll" -> "It is the blue circle at
     (3, 5).", the cell of the answers' grounding grid: it makes the tower keep where each patch is)."""
-    turns = []
+    return scene_turns_and_targets(sample, rng, config)[0]
+
+
+def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrainConfig):
+    """:func:`scene_turns`, and for each turn the object a referring turn asks about (``None`` for other turns)."""
+    turns, targets = [], []
     referring = referring_queries(sample)
     placed = objects_alone_in_their_cell(sample)
     for _ in range(config.turns_per_image):
         draw = rng.random()
+        target = None
         if referring and draw < config.referring_rate:
-            turns.append(referring_turn(sample, referring[int(rng.integers(len(referring)))]))
+            query = referring[int(rng.integers(len(referring)))]
+            turns.append(referring_turn(sample, query))
+            target = sample.objects[query.targets[0]]
         elif placed and draw < config.referring_rate + config.region_rate:
             cell, obj = placed[int(rng.integers(len(placed)))]
             turns.append(region_turn(cell, obj, REGION_QUESTIONS[int(rng.integers(len(REGION_QUESTIONS)))]))
         else:
             pair = sample.qa[int(rng.integers(len(sample.qa)))]
             turns.append((pair.question, pair.answer))
-    return turns
+        targets.append(target)
+    return turns, targets
 
 
 def referring_queries(sample) -> list:
@@ -191,7 +218,7 @@ def _load_init_weights(init_from: Path, model: LlavaForConditionalGeneration) ->
         except RuntimeError as error:
             raise InputError(f"init_from {init_from} was built with other sizes than this config "
                              f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
-        missing = [name for name in missing if not name.startswith("patch_label_head.")]
+        missing = [name for name in missing if not name.startswith(TRAINING_AIDS)]
         if missing or unexpected:
             raise InputError(f"init_from {init_from} is not a toy LLaVA of this config's layout "
                              f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
@@ -274,7 +301,7 @@ def encode_conversation(tokenizer, config: VlmPretrainConfig, turns: list[tuple[
     """Ids with the image token repeated ``num_image_tokens`` times, and labels supervising only the answers
     (each answer with the template's closing separator)."""
     template = get_template(config.conv_type)
-    prepared = [(f"{DEFAULT_IMAGE_TOKEN}\n{q}" if i == 0 else q, a) for i, (q, a) in enumerate(turns)]
+    prepared = [(place_image(q, config.image_placement) if i == 0 else q, a) for i, (q, a) in enumerate(turns)]
     text = template.render(prepared)
     spans = []
     for index in range(len(turns)):
@@ -310,24 +337,50 @@ def train_sample(index: int, max_objects: int):
 
 
 def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor) -> dict[str, torch.Tensor]:
-    images, id_lists, label_lists, patch_labels = [], [], [], []
+    images, id_lists, label_lists, patch_labels, target_patches = [], [], [], [], []
+    grid = config.image_size // config.patch_size
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
         sample = train_sample(index, config.max_objects)
-        turns = scene_turns(sample, rng, config)
+        turns, targets = scene_turns_and_targets(sample, rng, config)
         images.append(Image.fromarray(sample.image))
         ids, labels = encode_conversation(tokenizer, config, turns)
         id_lists.append(ids)
         label_lists.append(labels)
         if config.patch_label_weight:
-            patch_labels.append(patch_object_labels(sample, config.image_size // config.patch_size))
+            patch_labels.append(patch_object_labels(sample, grid))
+        if config.target_patch_weight:
+            target_patches.append(target_patch_labels(sample, targets[0], grid))
     input_ids, labels, attention = pad_right(id_lists, label_lists, tokenizer.pad_token_id)
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "pixel_values": pixel_values}
     if patch_labels:
         batch["patch_labels"] = torch.stack(patch_labels)
+    if target_patches:
+        batch["target_patches"] = torch.stack(target_patches)
     return batch
+
+
+def target_patch_labels(scene, target, grid: int, min_cover: float = 0.25) -> torch.Tensor:
+    """``[grid * grid]`` row-major: 1.0 where the patch lies on ``target`` (at least ``min_cover`` of its area, or the
+    patch holding the target's innermost point, which a referring answer names), 0.0 elsewhere, and -1.0 (ignored)
+    everywhere when the turn asks about no object."""
+    if target is None:
+        return torch.full((grid * grid,), -1.0)
+    cover = patch_cover(target.mask, grid)
+    labels = (cover >= min_cover).float()
+    column, row = grid_cell(target, scene.width, scene.height)  # on the answers' grid, which may be finer
+    labels[row * grid // GROUNDING_GRID, column * grid // GROUNDING_GRID] = 1.0
+    return labels.flatten()
+
+
+def patch_cover(mask: np.ndarray, grid: int) -> torch.Tensor:
+    """``[grid, grid]`` share of each patch's pixels that the boolean ``[H, W]`` mask covers (any image size)."""
+    height, width = mask.shape
+    rows = [(r * height // grid, (r + 1) * height // grid) for r in range(grid)]
+    columns = [(c * width // grid, (c + 1) * width // grid) for c in range(grid)]
+    return torch.tensor([[float(mask[a:b, c:d].mean()) for c, d in columns] for a, b in rows])
 
 
 def patch_object_labels(scene, grid: int) -> torch.Tensor:
@@ -358,16 +411,46 @@ class PatchLabelHead(torch.nn.Module):
                 + F.cross_entropy(logits[..., colours:].flatten(0, 1), patch_labels[..., 1].flatten()))
 
 
+class TargetPatchHead(torch.nn.Module):
+    """Linear read-out, from an image token's hidden state, of whether its patch lies on the queried object."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, 1)
+
+    def loss(self, image_states: torch.Tensor, target_patches: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(image_states.float())[..., 0]
+        asked = target_patches >= 0
+        if not asked.any():
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[asked], target_patches[asked])
+
+
+TRAINING_AIDS = ("patch_label_head.", "target_patch_head.")  # heads trained beside the LLaVA, never saved with it
+
+
 def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConfig) -> tuple[torch.Tensor, dict]:
-    """The LM loss, plus the weighted patch-label loss when the config asks for it."""
+    """The LM loss, plus the weighted patch-label and target-patch losses when the config asks for them."""
     patch_labels = batch.pop("patch_labels", None)
-    if patch_labels is None:
+    target_patches = batch.pop("target_patches", None)
+    if patch_labels is None and target_patches is None:
         return model(**batch).loss, {}
     out = model(**batch, output_hidden_states=True)
     image_positions = batch["input_ids"] == model.config.image_token_id
-    tokens = out.hidden_states[0][image_positions].reshape(*patch_labels.shape[:2], -1)
-    patch_loss = model.patch_label_head.loss(tokens, patch_labels)
-    return out.loss + config.patch_label_weight * patch_loss, {"patch_loss": round(float(patch_loss.detach()), 5)}
+    rows = batch["input_ids"].shape[0]
+    loss, extra = out.loss, {}
+    if patch_labels is not None:
+        tokens = out.hidden_states[0][image_positions].reshape(rows, -1, out.hidden_states[0].shape[-1])
+        patch_loss = model.patch_label_head.loss(tokens, patch_labels)
+        loss = loss + config.patch_label_weight * patch_loss
+        extra["patch_loss"] = round(float(patch_loss.detach()), 5)
+    if target_patches is not None:
+        states = out.hidden_states[config.target_patch_layer]
+        target_loss = model.target_patch_head.loss(states[image_positions].reshape(rows, -1, states.shape[-1]),
+                                                    target_patches)
+        loss = loss + config.target_patch_weight * target_loss
+        extra["target_patch_loss"] = round(float(target_loss.detach()), 5)
+    return loss, extra
 
 
 @torch.no_grad()
@@ -415,6 +498,8 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     model = build_llava(config, tokenizer)
     if config.patch_label_weight:
         model.patch_label_head = PatchLabelHead(config.text_width)
+    if config.target_patch_weight:
+        model.target_patch_head = TargetPatchHead(config.text_width)
     if config.init_from and checkpoint is None:
         _load_init_weights(Path(config.init_from), model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
@@ -449,10 +534,12 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     final = output_dir / FINAL_MODEL_DIR
     if end == config.steps:
         model = accelerator.unwrap_model(model)
-        if config.patch_label_weight:
-            del model.patch_label_head  # a training aid, not part of the LLaVA
+        for aid in TRAINING_AIDS:  # training aids, not part of the LLaVA
+            if hasattr(model, aid.rstrip(".")):
+                delattr(model, aid.rstrip("."))
         model.save_pretrained(final)
         tokenizer.save_pretrained(str(final))
         image_processor.save_pretrained(str(final))
-        (final / "reasonseg_stage.json").write_text(json.dumps({"conv_type": config.conv_type}) + "\n")
+        stage = {"conv_type": config.conv_type, "image_placement": config.image_placement}
+        (final / STAGE_INFO_NAME).write_text(json.dumps(stage) + "\n")
     return final
