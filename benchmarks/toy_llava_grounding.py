@@ -11,6 +11,8 @@
    distinct cells the model predicts (1 = it says the same place for everything). Chance is about 1/8 per token.
    Also: whether the said cell's centre lies on the target (what a point prompt there needs), by objects in the scene.
 3. The reverse ("What is at (3, 6)?" -> "It is the small red star."): the share of answers right in every token.
+4. For a checkpoint trained with the target-patch aid (image placed after the question): per query family, the share
+   of referring turns whose highest-scoring image token (by the aid's head) lies on the queried object.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
     TRAINING_AIDS,
+    TargetPatchHead,
     build_image_processor,
     build_llava,
     encode_conversation,
@@ -36,20 +39,49 @@ from reasonseg.training.vlm_pretrain import (
     referring_queries,
     referring_turn,
     region_turn,
+    target_patch_labels,
 )
 
 
 def load(path: Path, config_path: str):
+    """``(model, tokenizer, image processor, config, target-patch head or None)``."""
     config = load_vlm_pretrain_config(config_path)
     if (path / "config.json").is_file():
         model = LlavaForConditionalGeneration.from_pretrained(path)
-        return model.eval(), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config
+        return model.eval(), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config, None
     tokenizer = AutoTokenizer.from_pretrained(path.parent / "tokenizer")
     model = build_llava(config, tokenizer)
     state = torch.load(path / "training_state.pt", weights_only=False, map_location="cpu")["trainable"]
+    head = None
+    if any(name.startswith("target_patch_head.") for name in state):
+        head = TargetPatchHead(config.text_width)
+        head.load_state_dict({name.removeprefix("target_patch_head."): value for name, value in state.items()
+                              if name.startswith("target_patch_head.")})
     state = {name: value for name, value in state.items() if not name.startswith(TRAINING_AIDS)}
     model.load_state_dict(state, strict=True)
-    return model.eval(), tokenizer, build_image_processor(config), config
+    return model.eval(), tokenizer, build_image_processor(config), config, head
+
+
+@torch.no_grad()
+def target_marking(model, tokenizer, image_processor, config, head, scenes: int, first: int = 0) -> dict:
+    """Per family: ``(share of referring turns whose top-scoring image token is on the target, turns)``."""
+    by_family: dict[str, list[int]] = {}
+    image_id = model.config.image_token_id
+    for index in range(first, first + scenes):
+        sample = generate_sample(split_seed("val", index))
+        pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
+        for query in referring_queries(sample):
+            target = sample.objects[query.targets[0]]
+            ids, _ = encode_conversation(tokenizer, config, [referring_turn(sample, query)])
+            ids = torch.tensor([ids])
+            states = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True).hidden_states
+            image_states = states[config.target_patch_layer][ids == image_id]
+            top = int(head.linear(image_states)[:, 0].argmax())
+            labels = target_patch_labels(sample, target, config.image_size // config.patch_size)
+            bucket = by_family.setdefault(query.family, [0, 0])
+            bucket[0] += 1
+            bucket[1] += bool(labels[top] == 1)
+    return {family: (hits / turns, turns) for family, (turns, hits) in by_family.items()}
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -132,7 +164,7 @@ def main() -> None:
     parser.add_argument("--first-scene", type=int, default=0, help="first val scene index")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, tokenizer, image_processor, config = load(args.model, args.config)
+    model, tokenizer, image_processor, config, head = load(args.model, args.config)
     for where, r2 in position_r2(model, image_processor, 60).items():
         print(f"position read-out R^2 from the {where:<9}: column {r2[0]:.3f}  row {r2[1]:.3f}")
     scores = grounding(model, tokenizer, image_processor, config, args.scenes, args.first_scene)
@@ -144,6 +176,10 @@ def main() -> None:
           f"{scores['region_right']:.3f} of {scores['region_turns']}")
     print("said cell's centre on the target, by objects in the scene: " + ", ".join(
         f"{count}: {share:.2f} of {n}" for count, (share, n) in scores["centre_on_target_by_objects"].items()))
+    if head is not None and config.image_placement == "after_text":
+        marking = target_marking(model, tokenizer, image_processor, config, head, args.scenes, args.first_scene)
+        print("target-patch head's top image token on the target, by family: " + ", ".join(
+            f"{family} {share:.2f} of {n}" for family, (share, n) in marking.items()))
 
 
 if __name__ == "__main__":

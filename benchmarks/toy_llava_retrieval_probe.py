@@ -95,7 +95,7 @@ def main() -> None:
                         help="objects whose image tokens the probe trains on (few: it memorises 256-wide tokens)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, _, processor, _ = load(Path(args.model), args.config)
+    model, _, processor, _, _ = load(Path(args.model), args.config)
     oracle = args.features == "oracle"
     train = collect(model, processor, "train", args.train_objects, 3_000_000, oracle)
     val = collect(model, processor, "val", 400, 0, oracle)
