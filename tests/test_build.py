@@ -661,3 +661,15 @@ def test_training_starts_from_an_original_lisa_checkpoint_and_keeps_its_mask_sid
     projection = next(k for k in trained if k.endswith("seg_projection.layers.2.weight"))
     torch.testing.assert_close(trained[decoder], lisa.sam.mask_decoder.iou_token.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(trained[projection], lisa.seg_projection.layers[2].weight, atol=1e-6, rtol=0)
+
+
+def test_stage_info_of_a_pretrained_vlm_is_read_and_a_corrupt_one_refused(tmp_path):
+    from reasonseg.checkpoints.build import STAGE_INFO_NAME, read_stage_info
+    from reasonseg.errors import CheckpointError
+
+    assert read_stage_info(tmp_path) == {}  # any other VLM: LLaVA's defaults
+    (tmp_path / STAGE_INFO_NAME).write_text('{"conv_type": "llava_v1", "image_placement": "after_text"}')
+    assert read_stage_info(tmp_path)["image_placement"] == "after_text"
+    (tmp_path / STAGE_INFO_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        read_stage_info(tmp_path)
