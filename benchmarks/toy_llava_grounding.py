@@ -29,11 +29,11 @@ from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
-    TRAINING_AIDS,
     TargetPatchHead,
     build_image_processor,
     build_llava,
     encode_conversation,
+    is_training_aid,
     load_vlm_pretrain_config,
     objects_alone_in_their_cell,
     referring_queries,
@@ -57,31 +57,8 @@ def load(path: Path, config_path: str):
         head = TargetPatchHead(config.text_width)
         head.load_state_dict({name.removeprefix("target_patch_head."): value for name, value in state.items()
                               if name.startswith("target_patch_head.")})
-    state = {name: value for name, value in state.items() if not name.startswith(TRAINING_AIDS)}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({name: value for name, value in state.items() if not is_training_aid(name)}, strict=True)
     return model.eval(), tokenizer, build_image_processor(config), config, head
-
-
-@torch.no_grad()
-def target_marking(model, tokenizer, image_processor, config, head, scenes: int, first: int = 0) -> dict:
-    """Per family: ``(share of referring turns whose top-scoring image token is on the target, turns)``."""
-    by_family: dict[str, list[int]] = {}
-    image_id = model.config.image_token_id
-    for index in range(first, first + scenes):
-        sample = generate_sample(split_seed("val", index))
-        pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
-        for query in referring_queries(sample):
-            target = sample.objects[query.targets[0]]
-            ids, _ = encode_conversation(tokenizer, config, [referring_turn(sample, query)])
-            ids = torch.tensor([ids])
-            states = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True).hidden_states
-            image_states = states[config.target_patch_layer][ids == image_id]
-            top = int(head.linear(image_states)[:, 0].argmax())
-            labels = target_patch_labels(sample, target, config.image_size // config.patch_size)
-            bucket = by_family.setdefault(query.family, [0, 0])
-            bucket[0] += 1
-            bucket[1] += bool(labels[top] == 1)
-    return {family: (hits / turns, turns) for family, (turns, hits) in by_family.items()}
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -110,27 +87,41 @@ def position_r2(model, image_processor, scenes: int) -> dict[str, np.ndarray]:
             "projector": ridge_r2(np.concatenate(projected), targets)}
 
 
-def teacher_forced(model, tokenizer, config, pixels, turn: tuple[str, str]) -> tuple[list[int], list[int]]:
-    """Predicted next tokens and the labels they should match (``IGNORE_INDEX`` outside the answer)."""
+def teacher_forced(model, tokenizer, config, pixels, turn: tuple[str, str], state_layer: int | None = None):
+    """Predicted next tokens, the labels they should match (``IGNORE_INDEX`` outside the answer), and with
+    ``state_layer`` the image tokens' hidden states after that many LM layers (else ``None``)."""
     ids, labels = encode_conversation(tokenizer, config, [turn])
-    logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
-    return logits[:-1].argmax(-1).tolist(), labels[1:]
+    ids = torch.tensor([ids])
+    out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=state_layer is not None)
+    states = None if state_layer is None else out.hidden_states[state_layer][ids == model.config.image_token_id]
+    return out.logits[0, :-1].argmax(-1).tolist(), labels[1:], states
 
 
 @torch.no_grad()
-def grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0) -> dict:
+def grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0, head=None) -> dict:
+    """The grounding figures; with the target-patch ``head``, also ``marking_by_family``: per family, ``(share of
+    referring turns whose top-scoring image token is on the target, turns)``."""
     digit_of = {tokenizer.convert_tokens_to_ids(prefix + str(d)): d for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
     digit_of.pop(tokenizer.unk_token_id, None)
     right = total = both = turns = near = inside = region_right = region_turns = 0
     predicted_cells = set()
     by_count: dict[str, list[int]] = {}  # objects in the scene -> [turns, said cell's centre on the target]
+    marking: dict[str, list[int]] = {}  # family -> [turns, head's top image token on the target]
+    state_layer = config.target_patch_layer if head is not None else None
     for index in range(first, first + scenes):
         sample = generate_sample(split_seed("val", index))
         pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
         for query in referring_queries(sample):
             target = sample.objects[query.targets[0]]
             column, row = grid_cell(target, sample.width, sample.height)
-            predicted, expected = teacher_forced(model, tokenizer, config, pixels, referring_turn(sample, query))
+            predicted, expected, states = teacher_forced(model, tokenizer, config, pixels, referring_turn(sample, query),
+                                                         state_layer)
+            if states is not None:
+                top = int(head.linear(states)[:, 0].argmax())
+                labels = target_patch_labels(sample, target, config.image_size // config.patch_size)
+                bucket = marking.setdefault(query.family, [0, 0])
+                bucket[0] += 1
+                bucket[1] += bool(labels[top] == 1)
             places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_of][-2:]
             hits = [predicted[k] == expected[k] for k in places]
             right, total, both, turns = right + sum(hits), total + len(hits), both + all(hits), turns + 1
@@ -146,14 +137,15 @@ def grounding(model, tokenizer, image_processor, config, scenes: int, first: int
                 bucket[1] += on_target
             predicted_cells.add(tuple(predicted[k] for k in places))
         for cell, obj in objects_alone_in_their_cell(sample):
-            predicted, expected = teacher_forced(model, tokenizer, config, pixels, region_turn(cell, obj))
+            predicted, expected, _ = teacher_forced(model, tokenizer, config, pixels, region_turn(cell, obj))
             region_right += all(predicted[k] == token for k, token in enumerate(expected) if token != IGNORE_INDEX)
             region_turns += 1
     return {"region_right": region_right / max(region_turns, 1), "region_turns": region_turns,
             "token_accuracy": right / max(total, 1), "both_right": both / max(turns, 1), "turns": turns,
             "within_one_cell": near / max(turns, 1), "centre_on_target": inside / max(turns, 1),
             "centre_on_target_by_objects": {k: (v[1] / v[0], v[0]) for k, v in sorted(by_count.items())},
-            "distinct_predicted_cells": len(predicted_cells)}
+            "distinct_predicted_cells": len(predicted_cells),
+            "marking_by_family": {family: (hits / n, n) for family, (n, hits) in marking.items()}}
 
 
 def main() -> None:
@@ -167,7 +159,9 @@ def main() -> None:
     model, tokenizer, image_processor, config, head = load(args.model, args.config)
     for where, r2 in position_r2(model, image_processor, 60).items():
         print(f"position read-out R^2 from the {where:<9}: column {r2[0]:.3f}  row {r2[1]:.3f}")
-    scores = grounding(model, tokenizer, image_processor, config, args.scenes, args.first_scene)
+    if head is not None and config.image_placement != "after_text":
+        head = None  # an image token before the question cannot mark the target
+    scores = grounding(model, tokenizer, image_processor, config, args.scenes, args.first_scene, head)
     print(f"grounding on {scores['turns']} val referring turns: coordinate tokens right {scores['token_accuracy']:.3f} "
           f"(chance ~{1 / GROUNDING_GRID:.3f}), both right {scores['both_right']:.3f}, "
           f"{scores['distinct_predicted_cells']} distinct cells predicted; within one cell {scores['within_one_cell']:.3f}, "
@@ -176,10 +170,9 @@ def main() -> None:
           f"{scores['region_right']:.3f} of {scores['region_turns']}")
     print("said cell's centre on the target, by objects in the scene: " + ", ".join(
         f"{count}: {share:.2f} of {n}" for count, (share, n) in scores["centre_on_target_by_objects"].items()))
-    if head is not None and config.image_placement == "after_text":
-        marking = target_marking(model, tokenizer, image_processor, config, head, args.scenes, args.first_scene)
+    if scores["marking_by_family"]:
         print("target-patch head's top image token on the target, by family: " + ", ".join(
-            f"{family} {share:.2f} of {n}" for family, (share, n) in marking.items()))
+            f"{family} {share:.2f} of {n}" for family, (share, n) in scores["marking_by_family"].items()))
 
 
 if __name__ == "__main__":

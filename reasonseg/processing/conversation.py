@@ -81,6 +81,11 @@ def get_template(name: str) -> ConversationTemplate:
 IMAGE_PLACEMENTS = ("before_text", "after_text")
 
 
+def check_image_placement(placement: str) -> None:
+    if placement not in IMAGE_PLACEMENTS:
+        raise InputError(f"image_placement {placement!r}: use one of {', '.join(IMAGE_PLACEMENTS)}")
+
+
 def place_image(text: str, placement: str = "before_text") -> str:
     """The user's first message with the image placeholder in front of it (LLaVA's and LISA's "<image>\\n...") or
     after it; a message that already holds the placeholder keeps it where the user wrote it."""

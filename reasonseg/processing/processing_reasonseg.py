@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, PreTrainedTokenizerBase
 
-from ..errors import InputError
-from .conversation import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEMENTS, get_template, with_image_placeholder
+from .conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, with_image_placeholder
 from .sam_transform import SamTransform
 from .tokenization import decode_answer, encode_with_image_placeholder, load_tokenizer, token_id
 
@@ -65,8 +64,7 @@ class ReasonSegProcessor:
         self.image_processor = image_processor
         self.settings = settings or ProcessorSettings()
         self.template = get_template(self.settings.conv_type)
-        if self.settings.image_placement not in IMAGE_PLACEMENTS:
-            raise InputError(f"image_placement {self.settings.image_placement!r}: use one of {', '.join(IMAGE_PLACEMENTS)}")
+        check_image_placement(self.settings.image_placement)
         self.sam_transform = SamTransform(self.settings.sam_image_size)
 
     # ---- ids ----

@@ -38,7 +38,7 @@ from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
 from ..errors import InputError
-from ..processing.conversation import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEMENTS, get_template, place_image
+from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
@@ -136,8 +136,7 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
-    if config.image_placement not in IMAGE_PLACEMENTS:
-        raise InputError(f"image_placement {config.image_placement!r}: use one of {', '.join(IMAGE_PLACEMENTS)}")
+    check_image_placement(config.image_placement)
     if config.target_patch_weight and config.image_placement != "after_text":
         raise InputError("target_patch_weight needs image_placement=after_text: an image token that comes before the "
                          "question cannot know which object is asked for")
@@ -218,7 +217,7 @@ def _load_init_weights(init_from: Path, model: LlavaForConditionalGeneration) ->
         except RuntimeError as error:
             raise InputError(f"init_from {init_from} was built with other sizes than this config "
                              f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
-        missing = [name for name in missing if not name.startswith(TRAINING_AIDS)]
+        missing = [name for name in missing if not is_training_aid(name)]
         if missing or unexpected:
             raise InputError(f"init_from {init_from} is not a toy LLaVA of this config's layout "
                              f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
@@ -426,7 +425,16 @@ class TargetPatchHead(torch.nn.Module):
         return F.binary_cross_entropy_with_logits(logits[asked], target_patches[asked])
 
 
-TRAINING_AIDS = ("patch_label_head.", "target_patch_head.")  # heads trained beside the LLaVA, never saved with it
+TRAINING_AIDS = ("patch_label_head", "target_patch_head")  # heads trained beside the LLaVA, never saved with it
+
+
+def is_training_aid(parameter_name: str) -> bool:
+    return parameter_name.split(".", 1)[0] in TRAINING_AIDS
+
+
+def image_token_states(states: torch.Tensor, image_positions: torch.Tensor) -> torch.Tensor:
+    """``[rows, num_image_tokens, width]``: the hidden states at the image tokens of each row."""
+    return states[image_positions].reshape(image_positions.shape[0], -1, states.shape[-1])
 
 
 def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConfig) -> tuple[torch.Tensor, dict]:
@@ -437,17 +445,14 @@ def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConf
         return model(**batch).loss, {}
     out = model(**batch, output_hidden_states=True)
     image_positions = batch["input_ids"] == model.config.image_token_id
-    rows = batch["input_ids"].shape[0]
     loss, extra = out.loss, {}
     if patch_labels is not None:
-        tokens = out.hidden_states[0][image_positions].reshape(rows, -1, out.hidden_states[0].shape[-1])
-        patch_loss = model.patch_label_head.loss(tokens, patch_labels)
+        patch_loss = model.patch_label_head.loss(image_token_states(out.hidden_states[0], image_positions), patch_labels)
         loss = loss + config.patch_label_weight * patch_loss
         extra["patch_loss"] = round(float(patch_loss.detach()), 5)
     if target_patches is not None:
-        states = out.hidden_states[config.target_patch_layer]
-        target_loss = model.target_patch_head.loss(states[image_positions].reshape(rows, -1, states.shape[-1]),
-                                                    target_patches)
+        states = image_token_states(out.hidden_states[config.target_patch_layer], image_positions)
+        target_loss = model.target_patch_head.loss(states, target_patches)
         loss = loss + config.target_patch_weight * target_loss
         extra["target_patch_loss"] = round(float(target_loss.detach()), 5)
     return loss, extra
@@ -534,9 +539,9 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     final = output_dir / FINAL_MODEL_DIR
     if end == config.steps:
         model = accelerator.unwrap_model(model)
-        for aid in TRAINING_AIDS:  # training aids, not part of the LLaVA
-            if hasattr(model, aid.rstrip(".")):
-                delattr(model, aid.rstrip("."))
+        for aid in TRAINING_AIDS:  # not part of the LLaVA
+            if hasattr(model, aid):
+                delattr(model, aid)
         model.save_pretrained(final)
         tokenizer.save_pretrained(str(final))
         image_processor.save_pretrained(str(final))
