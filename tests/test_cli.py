@@ -34,6 +34,19 @@ def test_predict_writes_masks_overlays_and_json(tmp_path, tiny, rgb_image, capsy
     assert (out / "scene_masked_img_0.jpg").is_file()
 
 
+def test_predict_takes_the_prompt_as_a_positional_argument(tmp_path, tiny, rgb_image, capsys):
+    model_dir = _save_tiny(tmp_path, tiny)
+    rgb_image.save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    code = main(["predict", "--model", model_dir, "--image", str(tmp_path / "scene.png"), "the vessel",
+                 "--out", str(out), "--max-new-tokens", "4", "--force-seg", "--device", "cpu"])
+    assert code == 0 and json.loads((out / "scene.json").read_text())["prompt"] == "the vessel"
+    code = main(["predict", "--model", model_dir, "--image", str(tmp_path / "scene.png"), "the vessel",
+                 "--prompt", "the circle", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "exactly one --prompt" in err
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, tiny, capsys):
     model_dir = _save_tiny(tmp_path, tiny)
     (tmp_path / "corrupt.png").write_bytes(b"not a png")

@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", action="append",
                         help="the question (repeatable with --images: every image gets every prompt; with --jobs: "
                         "the default for lines without one)")
+    parser.add_argument("prompt_text", nargs="?", metavar="PROMPT",
+                        help="the question, instead of --prompt: reasonseg predict --image a.png \"the vessel\"")
     parser.add_argument("--out", default="vis_output", help="output directory")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="(image, prompt) pairs per forward pass with --images/--jobs (default 4)")
@@ -55,6 +57,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.prompt_text is not None:
+        args.prompt = (args.prompt or []) + [args.prompt_text]
     if args.image:
         return _run_single(args)
     return _run_collection(args)
