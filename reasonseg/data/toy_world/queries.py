@@ -105,7 +105,12 @@ def cap(text: str) -> str:
 
 def grid_cell(obj: SceneObject, width: int, height: int) -> tuple[int, int]:
     """``(column, row)`` of the grid cell holding the object's innermost point (0-based, from the top left)."""
-    x, y = obj.point
+    return point_cell(obj.point, width, height)
+
+
+def point_cell(point, width: int, height: int) -> tuple[int, int]:
+    """``(column, row)`` of the grid cell holding pixel ``(x, y)`` of a ``width`` x ``height`` image."""
+    x, y = point
     return min(GROUNDING_GRID - 1, x * GROUNDING_GRID // width), min(GROUNDING_GRID - 1, y * GROUNDING_GRID // height)
 
 

@@ -1,0 +1,59 @@
+"""benchmarks/demo_model_families.py splits the demo's answers by whether the grid cell they name holds the target."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_model_families.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("demo_model_families", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _annotation(family, targets, points, width=160, height=80):
+    return {"family": family, "targets": targets, "width": width, "height": height,
+            "objects": [{"point": list(p)} for p in points]}
+
+
+def test_cell_split_and_family_scores(tmp_path):
+    benchmark = _load_benchmark()
+    # 160x80 image, 8x8 grid: a cell is 20 px wide and 10 px high, so pixel (65, 35) lies in cell (3, 3)
+    annotations = {
+        "a": _annotation("attribute", [0], [(65, 35), (5, 5)]),
+        "b": _annotation("spatial", [1], [(65, 35), (159, 79)]),
+        "c": _annotation("multi_target", [0, 1], [(65, 35), (5, 5)]),
+        "d": _annotation("no_target", [], [(65, 35)]),
+    }
+    for name, annotation in annotations.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(annotation))
+    records = [
+        {"id": "a", "mode": "generate", "answer": "The red star at (3, 3) [SEG].", "iou": 0.9, "intersection": 9,
+         "union": 10, "seg_count": 1, "has_target": True},
+        {"id": "b", "mode": "generate", "answer": "The blue heart at (3, 3) [SEG].", "iou": 0.1, "intersection": 1,
+         "union": 10, "seg_count": 1, "has_target": True},
+        {"id": "b", "mode": "generate", "answer": "The blue heart at (7, 7) [SEG].", "iou": 0.7, "intersection": 7,
+         "union": 10, "seg_count": 1, "has_target": True},
+        {"id": "c", "mode": "generate", "answer": "At (3, 3) [SEG] and (0, 0) [SEG].", "iou": 0.5, "intersection": 5,
+         "union": 10, "seg_count": 2, "has_target": True},
+        {"id": "d", "mode": "generate", "answer": "There is no green circle.", "iou": 1.0, "intersection": 0,
+         "union": 0, "seg_count": 0, "has_target": False},
+        {"id": "a", "mode": "lisa", "answer": "[SEG].", "iou": 0.0, "intersection": 0, "union": 10, "seg_count": 1,
+         "has_target": True},
+    ]
+    per_sample = tmp_path / "per_sample.jsonl"
+    per_sample.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    split = benchmark.cell_split(per_sample, tmp_path)
+    assert split["right cell"]["n"] == 2 and abs(split["right cell"]["giou"] - 0.8) < 1e-9
+    assert split["wrong cell"]["n"] == 1 and abs(split["wrong cell"]["giou"] - 0.1) < 1e-9
+
+    scores = benchmark.family_scores(per_sample, tmp_path)
+    assert scores["all with a target"]["n"] == 4  # the lisa-mode record and the no-target one are left out
+    assert abs(scores["all with a target"]["ciou"] - 22 / 40) < 1e-9
+    assert scores["no_target"]["no_seg"] == 1.0 and scores["spatial"]["n"] == 2
