@@ -184,6 +184,31 @@ def test_vlm_referring_turns_name_the_target_and_its_grid_cell():
     assert seen == 20 * config.turns_per_image
 
 
+def test_vlm_absent_turns_ask_about_missing_objects_and_mark_no_patch():
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.training.vlm_pretrain import ABSENT, scene_turns_and_targets, target_patch_labels
+
+    base = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0"])
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", "absent_rate=1.0"])
+    half = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", "absent_rate=0.5"])
+    kinds = []
+    for index in range(20):
+        sample = generate_sample(split_seed("train", index))
+        absent = next(q for q in sample.queries if q.family == "no_target")
+        turns, targets = scene_turns_and_targets(sample, np.random.default_rng(index), config)
+        assert targets == [ABSENT] * config.turns_per_image
+        for question, answer in turns:
+            assert absent.text in question and answer == absent.answer and "[SEG]" not in answer
+        assert (target_patch_labels(sample, ABSENT, 8) == 0).all()
+        kinds += [t is ABSENT for t in scene_turns_and_targets(sample, np.random.default_rng(index), half)[1]]
+        # absent_rate 0 (the default) leaves the turns exactly as they were
+        unchanged = scene_turns(sample, np.random.default_rng(index), base)
+        assert all(re.fullmatch(r"It is the .+ at \(\d, \d\)\.", answer) for _, answer in unchanged)
+    assert 0.25 < sum(kinds) / len(kinds) < 0.75
+    with pytest.raises(InputError, match="absent_rate 1.5"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["absent_rate=1.5"])
+
+
 def test_vlm_region_turns_ask_what_lies_at_a_cell_held_by_one_object():
     from reasonseg.data.toy_world import generate_sample, split_seed
 

@@ -86,6 +86,9 @@ class VlmPretrainConfig:
     # reverse of a referring turn (as Shikra pairs REC with REG): the LM looks a patch up by its place and must read
     # what lies there, so the tower's patches are pushed to say it, which is what a referring turn searches
     region_rate: float = 0.0
+    # share of referring turns that ask about an object the scene lacks (the world's no-target query, answered "There
+    # is no green heart in this image."); with target_patch_weight, no image token may mark itself for such a turn
+    absent_rate: float = 0.0
     # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
     # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
     # vision tower's patches say what they show. The head is dropped from the saved model.
@@ -134,6 +137,8 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
     if not 0 <= config.referring_rate + config.region_rate <= 1 or min(config.referring_rate, config.region_rate) < 0:
         raise InputError(f"referring_rate {config.referring_rate} and region_rate {config.region_rate} must be >= 0 "
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
+    if not 0 <= config.absent_rate <= 1:
+        raise InputError(f"absent_rate {config.absent_rate} must be between 0 and 1 (a share of the referring turns)")
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     check_image_placement(config.image_placement)
@@ -155,14 +160,20 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
 
 
 def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrainConfig):
-    """:func:`scene_turns`, and for each turn the object a referring turn asks about (``None`` for other turns)."""
+    """:func:`scene_turns`, and for each turn the object a referring turn asks about (``ABSENT`` when it asks about
+    an object the scene lacks, ``None`` for other turns)."""
     turns, targets = [], []
     referring = referring_queries(sample)
+    absent = [q for q in sample.queries if q.family == "no_target"]
     placed = objects_alone_in_their_cell(sample)
     for _ in range(config.turns_per_image):
         draw = rng.random()
         target = None
-        if referring and draw < config.referring_rate:
+        # absent_rate 0 draws nothing more, so earlier recipes keep their exact turns
+        if absent and draw < config.referring_rate and config.absent_rate and rng.random() < config.absent_rate:
+            turns.append((referring_question(absent[0]), absent[0].answer))
+            target = ABSENT
+        elif referring and draw < config.referring_rate:
             query = referring[int(rng.integers(len(referring)))]
             turns.append(referring_turn(sample, query))
             target = sample.objects[query.targets[0]]
@@ -181,12 +192,18 @@ def referring_queries(sample) -> list:
     return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
 
 
+ABSENT = "absent"  # the target of a referring turn about an object the scene lacks
+
+
+def referring_question(query) -> str:
+    return query.text if query.is_sentence else f"Which shape is {query.text}?"
+
+
 def referring_turn(sample, query) -> tuple[str, str]:
     """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
     target = sample.objects[query.targets[0]]
     column, row = grid_cell(target, sample.width, sample.height)
-    question = query.text if query.is_sentence else f"Which shape is {query.text}?"
-    return question, f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+    return referring_question(query), f"It is the {target.describe(with_size=True)} at ({column}, {row})."
 
 
 def objects_alone_in_their_cell(sample) -> list[tuple[tuple[int, int], object]]:
@@ -364,9 +381,11 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
 def target_patch_labels(scene, target, grid: int, min_cover: float = 0.25) -> torch.Tensor:
     """``[grid * grid]`` row-major: 1.0 where the patch lies on ``target`` (at least ``min_cover`` of its area, or the
     patch holding the target's innermost point, which a referring answer names), 0.0 elsewhere, and -1.0 (ignored)
-    everywhere when the turn asks about no object."""
+    everywhere when the turn asks about no object; 0.0 everywhere when it asks about one the scene lacks."""
     if target is None:
         return torch.full((grid * grid,), -1.0)
+    if target is ABSENT:
+        return torch.zeros(grid * grid)
     cover = patch_cover(target.mask, grid)
     labels = (cover >= min_cover).float()
     column, row = grid_cell(target, scene.width, scene.height)  # on the answers' grid, which may be finer
