@@ -64,12 +64,6 @@ def lisa_question(text: str, is_sentence: bool, image_token: str = "<image>", pl
     return f"{question}\n{image_token}" if placement == "after_text" else f"{image_token}\n {question}"
 
 
-def question_layout(processor) -> tuple[str, str]:
-    """``(image token, image placement)`` of a processor's questions (Sa2VA's processor always puts the image first)."""
-    settings = processor.settings
-    return settings.image_token, getattr(settings, "image_placement", "before_text")
-
-
 def parse_modes(mode: str) -> tuple[str, ...]:
     """``"lisa"`` / ``"generate"`` / ``"both"`` -> the modes to run, in report order."""
     if mode not in MODE_CHOICES:
@@ -228,7 +222,7 @@ def _record(entry: _Loaded, mode: str, prediction: np.ndarray, answer: str, seg_
 def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
     processor = segmenter.processor
     images, indices = _image_groups(batch)
-    token, placement = question_layout(processor)
+    token, placement = processor.settings.image_token, processor.settings.image_placement
     rows = [(index, lisa_question(e.item.query, e.item.is_sentence, token, placement), answer)
             for e, index in zip(batch, indices)]
     outputs = forced_predictions(segmenter.model, processor, images, rows)
@@ -243,7 +237,7 @@ def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
 def _generate_records(segmenter, batch: list[_Loaded], batch_size: int, max_new_tokens: int) -> list[dict]:
     processor = segmenter.processor
     images, indices = _image_groups(batch)
-    token, placement = question_layout(processor)
+    token, placement = processor.settings.image_token, processor.settings.image_placement
     prompts: list[list[str]] = [[] for _ in images]
     slot = []
     for entry, index in zip(batch, indices):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -158,6 +159,7 @@ class Sa2VAProcessorSettings:
     sam_mean: list[float] = field(default_factory=lambda: list(bfloat16_rounded(IMAGENET_MEAN)))
     sam_std: list[float] = field(default_factory=lambda: list(bfloat16_rounded(IMAGENET_STD)))
     image_token: str = "<image>"
+    image_placement: ClassVar[str] = "before_text"  # Sa2VA always puts the image before the question (not a setting)
     image_token_index: int = -200
     image_start_token: str = "<img>"
     image_end_token: str = "</img>"

@@ -19,6 +19,7 @@ As Sa2VA's ``predict_forward`` for these variants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -49,6 +50,7 @@ class Sa2VAQwenProcessorSettings:
     sam_mean: list[float] = field(default_factory=lambda: list(bfloat16_rounded(IMAGENET_MEAN)))
     sam_std: list[float] = field(default_factory=lambda: list(bfloat16_rounded(IMAGENET_STD)))
     image_token: str = "<image>"
+    image_placement: ClassVar[str] = "before_text"  # Sa2VA always puts the image before the question (not a setting)
     image_token_index: int = -200
     image_start_token: str = "<|vision_start|>"
     image_end_token: str = "<|vision_end|>"

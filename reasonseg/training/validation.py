@@ -23,7 +23,7 @@ import torch
 from ..errors import InputError
 from ..evaluation.datasets import EvalItem, load_dataset, parse_data_spec
 from ..evaluation.metrics import SegmentationMeter, mask_intersection_union
-from ..evaluation.runner import LISA_ANSWER, forced_predictions, lisa_question, question_layout
+from ..evaluation.runner import LISA_ANSWER, forced_predictions, lisa_question
 from ..processing.image_io import load_image
 
 
@@ -76,7 +76,7 @@ def validate(model, processor, val_set: ValidationSet, accelerator=None, batch_s
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     bare = bare_model(model)
-    token, placement = question_layout(processor)
+    token, placement = processor.settings.image_token, processor.settings.image_placement
     mine = shard_indices(len(val_set), rank, world)
     was_training = model.training
     model.eval()
