@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 from reasonseg.data.toy_world.queries import point_cell
@@ -34,7 +35,12 @@ def _generate_records(per_sample: Path):
 
 
 def _annotation(data_dir: Path, record: dict) -> dict:
-    return json.loads((data_dir / f"{Path(record['id']).stem}.json").read_text())
+    return _read_annotation(data_dir, Path(record["id"]).stem)
+
+
+@lru_cache(maxsize=None)  # every phrasing of a scene, in both tables, reads the same file
+def _read_annotation(data_dir: Path, stem: str) -> dict:
+    return json.loads((data_dir / f"{stem}.json").read_text())
 
 
 def family_scores(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:

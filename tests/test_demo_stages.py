@@ -201,7 +201,7 @@ def test_vlm_absent_turns_ask_about_missing_objects_and_mark_no_patch():
             assert absent.text in question and answer == absent.answer and "[SEG]" not in answer
         assert (target_patch_labels(sample, ABSENT, 8) == 0).all()
         kinds += [t is ABSENT for t in scene_turns_and_targets(sample, np.random.default_rng(index), half)[1]]
-        # absent_rate 0 (the default) leaves the turns exactly as they were
+        # absent_rate 0 (the default) asks only about objects in the scene
         unchanged = scene_turns(sample, np.random.default_rng(index), base)
         assert all(re.fullmatch(r"It is the .+ at \(\d, \d\)\.", answer) for _, answer in unchanged)
     assert 0.25 < sum(kinds) / len(kinds) < 0.75
