@@ -70,26 +70,32 @@ def test_stage_trains_resumes_exactly_and_saves_a_loadable_model(tmp_path, stage
     assert main(args) == 1
 
 
-def test_vlm_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path):
-    config = "configs/demo/toy_llava.yaml"
+STAGE_CONFIGS = {"sam": "configs/demo/toy_sam.yaml", "vlm": "configs/demo/toy_llava.yaml"}
+
+
+@pytest.mark.parametrize("stage, settings, wider", [("sam", TINY_SAM, "embed_dim=48"),
+                                                    ("vlm", TINY_VLM, "text_width=48")])
+def test_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path, stage, settings, wider):
+    config = STAGE_CONFIGS[stage]
     first = tmp_path / "phase1"
-    assert main(["pretrain", "vlm", "--config", config, f"output_dir={first}", *TINY_VLM]) == 0
+    assert main(["pretrain", stage, "--config", config, f"output_dir={first}", *settings]) == 0
     before = _final_weights(first)
     for source in (first / "model", first / "checkpoint-4"):
         second = tmp_path / f"phase2_{source.name}"
-        assert main(["pretrain", "vlm", "--config", config, f"output_dir={second}", f"init_from={source}",
-                     *TINY_VLM, "steps=1", "lr=0", "warmup_steps=0", "val_every=0"]) == 0
+        assert main(["pretrain", stage, "--config", config, f"output_dir={second}", f"init_from={source}",
+                     *settings, "steps=1", "lr=0", "warmup_steps=0", "val_every=0"]) == 0
         after = _final_weights(second)  # a zero learning rate keeps the earlier run's weights exactly
         for name in before:
             torch.testing.assert_close(after[name], before[name], atol=0, rtol=0, msg=name)
-        assert (second / "tokenizer" / "tokenizer.json").read_text() == (first / "tokenizer" / "tokenizer.json").read_text()
+        if stage == "vlm":
+            assert (second / "tokenizer" / "tokenizer.json").read_text() == (first / "tokenizer" / "tokenizer.json").read_text()
         log = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
         assert log[0]["step"] == 1
     # other sizes than the earlier run's: one line saying so
-    assert main(["pretrain", "vlm", "--config", config, f"output_dir={tmp_path / 'wider'}",
-                 f"init_from={first / 'model'}", *TINY_VLM, "text_width=48"]) == 1
-    assert main(["pretrain", "vlm", "--config", config, f"output_dir={tmp_path / 'nowhere'}",
-                 f"init_from={tmp_path}", *TINY_VLM]) == 1
+    assert main(["pretrain", stage, "--config", config, f"output_dir={tmp_path / 'wider'}",
+                 f"init_from={first / 'model'}", *settings, wider]) == 1
+    assert main(["pretrain", stage, "--config", config, f"output_dir={tmp_path / 'nowhere'}",
+                 f"init_from={tmp_path}", *settings]) == 1
 
 
 def test_vlm_curriculum_keeps_scenes_with_few_objects():

@@ -26,7 +26,14 @@ from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
 from .stage_config import build_flat_dataclass, read_config_dict
-from .trainer import latest_checkpoint, load_checkpoint, new_accelerator, save_checkpoint, warmup_then_linear_decay
+from .trainer import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_init_weights,
+    new_accelerator,
+    save_checkpoint,
+    warmup_then_linear_decay,
+)
 
 FINAL_MODEL_DIR = "model"
 
@@ -68,6 +75,7 @@ class SamPretrainConfig:
     val_scenes: int = 32
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
+    init_from: str = ""  # a later phase: an earlier run's model or checkpoint folder (fresh optimizer and schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -263,6 +271,8 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
         start = load_checkpoint(checkpoint, model, optimizer, scheduler)
     elif output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
         raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    elif config.init_from:
+        load_init_weights(Path(config.init_from), model, SamModel, "toy SAM")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(json.dumps(config.to_dict(), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)

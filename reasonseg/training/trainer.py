@@ -113,6 +113,27 @@ def load_trained_weights(path: Path, model) -> dict:
     return state
 
 
+def load_init_weights(init_from: Path, model, model_class, what: str, may_lack=lambda name: False) -> None:
+    """Start a new phase from an earlier run: copy the weights of a saved model folder (``model_class``
+    ``save_pretrained``) or of a ``checkpoint-<step>`` folder into ``model``, which this phase's config built.
+    ``may_lack`` names the parameters this phase adds (e.g. training heads) that the saved model need not hold."""
+    if (init_from / "config.json").is_file():
+        state = model_class.from_pretrained(init_from).state_dict()
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise InputError(f"init_from {init_from} was built with other sizes than this config "
+                             f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
+        missing = [name for name in missing if not may_lack(name)]
+        if missing or unexpected:
+            raise InputError(f"init_from {init_from} is not a {what} of this config's layout "
+                             f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
+    elif (init_from / STATE_FILE).is_file():
+        load_trained_weights(init_from, model)
+    else:
+        raise InputError(f"init_from {init_from} holds neither a saved model (config.json) nor a training checkpoint")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     state = load_trained_weights(path, model)
     optimizer.load_state_dict(state["optimizer"])

@@ -45,7 +45,7 @@ from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
     latest_checkpoint,
     load_checkpoint,
-    load_trained_weights,
+    load_init_weights,
     new_accelerator,
     save_checkpoint,
     warmup_then_linear_decay,
@@ -224,24 +224,6 @@ def _init_tokenizer_dir(init_from: Path) -> Path:
             return folder
     raise InputError(f"init_from {init_from}: no tokenizer.json in it or in ../tokenizer; give a toy LLaVA run's "
                      "`model` folder or one of its checkpoint-<step> folders")
-
-
-def _load_init_weights(init_from: Path, model: LlavaForConditionalGeneration) -> None:
-    if (init_from / "config.json").is_file():
-        state = LlavaForConditionalGeneration.from_pretrained(init_from).state_dict()
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as error:
-            raise InputError(f"init_from {init_from} was built with other sizes than this config "
-                             f"({str(error).splitlines()[1].strip()}); use the config it was trained with") from None
-        missing = [name for name in missing if not is_training_aid(name)]
-        if missing or unexpected:
-            raise InputError(f"init_from {init_from} is not a toy LLaVA of this config's layout "
-                             f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
-    elif (init_from / "training_state.pt").is_file():
-        load_trained_weights(init_from, model)
-    else:
-        raise InputError(f"init_from {init_from} holds neither a saved model (config.json) nor a training checkpoint")
 
 
 def world_corpus(num_scenes: int) -> list[str]:
@@ -525,7 +507,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if config.target_patch_weight:
         model.target_patch_head = TargetPatchHead(config.text_width)
     if config.init_from and checkpoint is None:
-        _load_init_weights(Path(config.init_from), model)
+        load_init_weights(Path(config.init_from), model, LlavaForConditionalGeneration, "toy LLaVA", is_training_aid)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
