@@ -22,6 +22,7 @@ from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.errors import InputError
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
+    TRAINING_AIDS_FILE,
     build_llava,
     build_world_tokenizer,
     encode_conversation,
@@ -351,8 +352,14 @@ def test_vlm_training_aid_trains_resumes_and_leaves_no_head_in_the_model(tmp_pat
     log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     loss_name = "patch_loss" if head == "patch_label_head" else "target_patch_loss"
     assert all(record[loss_name] > 0 for record in log)
-    # a later phase with the head starts from a saved model (which has none)
-    assert main([*args, f"output_dir={tmp_path / 'next'}", f"init_from={tmp_path / 'straight' / 'model'}"]) == 0
+    # the trained head lies beside the saved model, and a later phase started from that folder continues it
+    heads = load_file(str(tmp_path / "straight" / "model" / TRAINING_AIDS_FILE))
+    assert heads and all(name.startswith(head) for name in heads)
+    assert main([*args, f"output_dir={tmp_path / 'next'}", f"init_from={tmp_path / 'straight' / 'model'}",
+                 "steps=1", "lr=0", "warmup_steps=0"]) == 0
+    continued = torch.load(tmp_path / "next" / "checkpoint-1" / "training_state.pt", weights_only=True)["trainable"]
+    for name, value in heads.items():
+        torch.testing.assert_close(continued[name], value, atol=0, rtol=0, msg=name)
 
 
 def test_vlm_target_patch_loss_needs_the_question_before_the_image():

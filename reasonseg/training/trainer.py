@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -113,12 +114,17 @@ def load_trained_weights(path: Path, model) -> dict:
     return state
 
 
-def load_init_weights(init_from: Path, model, model_class, what: str, may_lack=lambda name: False) -> None:
+def load_init_weights(init_from: Path, model, model_class, what: str, may_lack=lambda name: False,
+                      extra_file: str | None = None) -> None:
     """Start a new phase from an earlier run: copy the weights of a saved model folder (``model_class``
     ``save_pretrained``) or of a ``checkpoint-<step>`` folder into ``model``, which this phase's config built.
-    ``may_lack`` names the parameters this phase adds (e.g. training heads) that the saved model need not hold."""
+    ``may_lack`` names the parameters this phase adds (e.g. training heads) that the saved model need not hold;
+    ``extra_file``, a safetensors file that may lie in the model folder, holds those of them that were trained."""
     if (init_from / "config.json").is_file():
         state = model_class.from_pretrained(init_from).state_dict()
+        if extra_file and (init_from / extra_file).is_file():
+            wanted = dict(model.named_parameters())
+            state.update({name: value for name, value in load_file(str(init_from / extra_file)).items() if name in wanted})
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as error:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -427,10 +428,20 @@ class TargetPatchHead(torch.nn.Module):
 
 
 TRAINING_AIDS = ("patch_label_head", "target_patch_head")  # heads trained beside the LLaVA, never saved with it
+TRAINING_AIDS_FILE = "training_aids.safetensors"  # ... but kept beside it (save_training_aids)
 
 
 def is_training_aid(parameter_name: str) -> bool:
     return parameter_name.split(".", 1)[0] in TRAINING_AIDS
+
+
+def save_training_aids(model, folder: Path) -> None:
+    """The trained heads, beside the saved LLaVA (which never holds them), so that a later phase started with
+    ``init_from=<model folder>`` continues them instead of starting them afresh."""
+    heads = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if is_training_aid(name)}
+    if heads:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(heads, str(folder / TRAINING_AIDS_FILE))
 
 
 def image_token_states(states: torch.Tensor, image_positions: torch.Tensor) -> torch.Tensor:
@@ -507,7 +518,8 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if config.target_patch_weight:
         model.target_patch_head = TargetPatchHead(config.text_width)
     if config.init_from and checkpoint is None:
-        load_init_weights(Path(config.init_from), model, LlavaForConditionalGeneration, "toy LLaVA", is_training_aid)
+        load_init_weights(Path(config.init_from), model, LlavaForConditionalGeneration, "toy LLaVA", is_training_aid,
+                          extra_file=TRAINING_AIDS_FILE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
@@ -540,6 +552,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     final = output_dir / FINAL_MODEL_DIR
     if end == config.steps:
         model = accelerator.unwrap_model(model)
+        save_training_aids(model, final)
         for aid in TRAINING_AIDS:  # not part of the LLaVA
             if hasattr(model, aid):
                 delattr(model, aid)
