@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
+    TRAINING_AIDS_FILE,
     TargetPatchHead,
     build_image_processor,
     build_llava,
@@ -43,22 +45,30 @@ from reasonseg.training.vlm_pretrain import (
 )
 
 
+def target_head_from(tensors: dict) -> TargetPatchHead | None:
+    prefix = "target_patch_head."
+    weights = {name.removeprefix(prefix): value for name, value in tensors.items() if name.startswith(prefix)}
+    if not weights:
+        return None
+    head = TargetPatchHead(weights["linear.weight"].shape[1])
+    head.load_state_dict(weights)
+    return head
+
+
 def load(path: Path, config_path: str):
-    """``(model, tokenizer, image processor, config, target-patch head or None)``."""
+    """``(model, tokenizer, image processor, config, target-patch head or None)``; the head comes from a checkpoint's
+    weights or from the ``training_aids.safetensors`` kept beside a saved model."""
     config = load_vlm_pretrain_config(config_path)
     if (path / "config.json").is_file():
         model = LlavaForConditionalGeneration.from_pretrained(path)
-        return model.eval(), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config, None
+        aids = path / TRAINING_AIDS_FILE
+        head = target_head_from(load_file(str(aids))) if aids.is_file() else None
+        return model.eval(), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config, head
     tokenizer = AutoTokenizer.from_pretrained(path.parent / "tokenizer")
     model = build_llava(config, tokenizer)
     state = torch.load(path / "training_state.pt", weights_only=False, map_location="cpu")["trainable"]
-    head = None
-    if any(name.startswith("target_patch_head.") for name in state):
-        head = TargetPatchHead(config.text_width)
-        head.load_state_dict({name.removeprefix("target_patch_head."): value for name, value in state.items()
-                              if name.startswith("target_patch_head.")})
     model.load_state_dict({name: value for name, value in state.items() if not is_training_aid(name)}, strict=True)
-    return model.eval(), tokenizer, build_image_processor(config), config, head
+    return model.eval(), tokenizer, build_image_processor(config), config, target_head_from(state)
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
