@@ -14,6 +14,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast,
 
 from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
+from reasonseg.training.trainer import STATE_FILE
 from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
 from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.processing.processing_reasonseg import ReasonSegProcessor
@@ -44,6 +45,9 @@ TINY_VLM = ["vocab_size=300", "tokenizer_scenes=20", "image_size=32", "patch_siz
             "log_every=1", "warmup_steps=1"]
 
 
+STAGE_CONFIGS = {"sam": "configs/demo/toy_sam.yaml", "vlm": "configs/demo/toy_llava.yaml"}
+
+
 def _final_weights(directory):
     return load_file(str(directory / "model" / "model.safetensors"))
 
@@ -52,10 +56,8 @@ def _final_weights(directory):
                                                           ("vlm", TINY_VLM, LlavaForConditionalGeneration)])
 def test_stage_trains_resumes_exactly_and_saves_a_loadable_model(tmp_path, stage, settings, model_class):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert main(["pretrain", stage, "--config", f"configs/demo/toy_{'sam' if stage == 'sam' else 'llava'}.yaml",
-                 f"output_dir={straight}", *settings]) == 0
-    args = ["pretrain", stage, "--config", f"configs/demo/toy_{'sam' if stage == 'sam' else 'llava'}.yaml",
-            f"output_dir={interrupted}", *settings]
+    assert main(["pretrain", stage, "--config", STAGE_CONFIGS[stage], f"output_dir={straight}", *settings]) == 0
+    args = ["pretrain", stage, "--config", STAGE_CONFIGS[stage], f"output_dir={interrupted}", *settings]
     assert main([*args, "--stop-after", "2"]) == 0
     assert not (interrupted / "model").exists()
     assert main([*args, "--resume"]) == 0
@@ -69,9 +71,6 @@ def test_stage_trains_resumes_exactly_and_saves_a_loadable_model(tmp_path, stage
     assert len(log) == 4 and ("point_miou" in log[-1] or "val_token_accuracy" in log[-1])
     # a fresh run into a directory with checkpoints refuses instead of overwriting them
     assert main(args) == 1
-
-
-STAGE_CONFIGS = {"sam": "configs/demo/toy_sam.yaml", "vlm": "configs/demo/toy_llava.yaml"}
 
 
 @pytest.mark.parametrize("stage, settings, wider", [("sam", TINY_SAM, "embed_dim=48"),
@@ -357,7 +356,7 @@ def test_vlm_training_aid_trains_resumes_and_leaves_no_head_in_the_model(tmp_pat
     assert heads and all(name.startswith(head) for name in heads)
     assert main([*args, f"output_dir={tmp_path / 'next'}", f"init_from={tmp_path / 'straight' / 'model'}",
                  "steps=1", "lr=0", "warmup_steps=0"]) == 0
-    continued = torch.load(tmp_path / "next" / "checkpoint-1" / "training_state.pt", weights_only=True)["trainable"]
+    continued = torch.load(tmp_path / "next" / "checkpoint-1" / STATE_FILE, weights_only=True)["trainable"]
     for name, value in heads.items():
         torch.testing.assert_close(continued[name], value, atol=0, rtol=0, msg=name)
 
