@@ -36,6 +36,7 @@ from reasonseg.training.vlm_pretrain import (
     build_llava,
     encode_conversation,
     is_training_aid,
+    llava_forward,
     load_vlm_pretrain_config,
     objects_alone_in_their_cell,
     referring_queries,
@@ -102,7 +103,7 @@ def teacher_forced(model, tokenizer, config, pixels, turn: tuple[str, str], stat
     ``state_layer`` the image tokens' hidden states after that many LM layers (else ``None``)."""
     ids, labels = encode_conversation(tokenizer, config, [turn])
     ids = torch.tensor([ids])
-    out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=state_layer is not None)
+    out = llava_forward(model, config, ids, pixel_values=pixels, output_hidden_states=state_layer is not None)
     states = None if state_layer is None else out.hidden_states[state_layer][ids == model.config.image_token_id]
     return out.logits[0, :-1].argmax(-1).tolist(), labels[1:], states
 

@@ -174,6 +174,31 @@ def test_vlm_image_placement_after_text_puts_the_image_tokens_after_the_first_qu
         load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["image_placement=middle"])
 
 
+def test_vlm_bidirectional_image_attention_changes_only_the_image_and_later_states():
+    """With the question before the image, the question's states are the same either way; the first image token
+    sees the later patches only under image_attention=bidirectional, and the stage records the mode for the build."""
+    from reasonseg.training.vlm_pretrain import llava_forward
+
+    settings = [*TINY_VLM, "image_placement=after_text"]
+    causal = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", settings)
+    bidirectional = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", [*settings, "image_attention=bidirectional"])
+    tokenizer = build_world_tokenizer(causal)
+    torch.manual_seed(0)
+    model = build_llava(causal, tokenizer).eval()
+    ids, _ = encode_conversation(tokenizer, causal, [("How many shapes are there?", "Two.")])
+    ids = torch.tensor([ids])
+    pixels = torch.randn(1, 3, causal.image_size, causal.image_size)
+    with torch.no_grad():
+        states = [llava_forward(model, config, ids, pixel_values=pixels, output_hidden_states=True).hidden_states[-1][0]
+                  for config in (causal, bidirectional)]
+    first_image = int((ids[0] == model.config.image_token_id).nonzero()[0])
+    torch.testing.assert_close(states[0][:first_image], states[1][:first_image], atol=1e-6, rtol=0)
+    assert not torch.allclose(states[0][first_image], states[1][first_image], atol=1e-4)
+    assert not torch.allclose(states[0][-1], states[1][-1], atol=1e-4)
+    with pytest.raises(InputError, match="image_attention 'prefix'"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["image_attention=prefix"])
+
+
 def test_vlm_referring_turns_name_the_target_and_its_grid_cell():
     from reasonseg.data.toy_world import generate_sample, split_seed
 
@@ -282,10 +307,11 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     sam, vlm, built, run = (tmp_path / name for name in ("sam", "vlm", "built", "run"))
     assert main(["pretrain", "sam", "--config", "configs/demo/toy_sam.yaml", f"output_dir={sam}", *TINY_SAM]) == 0
     assert main(["pretrain", "vlm", "--config", "configs/demo/toy_llava.yaml", f"output_dir={vlm}", *TINY_VLM,
-                 "image_placement=after_text"]) == 0
+                 "image_placement=after_text", "image_attention=bidirectional"]) == 0
     assert main(["build", "--vlm", str(vlm / "model"), "--sam", str(sam / "model"), "--out", str(built)]) == 0
     processor = ReasonSegProcessor.from_pretrained(built)  # the stage-2 prompt layout travels into the build
     assert processor.settings.image_placement == "after_text"
+    assert json.loads((built / "config.json").read_text())["image_attention"] == "bidirectional"
     assert processor.conversation_prompt([("Segment the red circle.", None)]).count("Segment the red circle.\n<image>") == 1
     assert main(["train", "--config", "configs/demo/reasoning.yaml", f"model={built}", f"output_dir={run}",
                  "steps_per_epoch=2", "batch_size=2", "conversations_per_image=2", "save_every=2", "log_every=1",
@@ -294,7 +320,9 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     steps = [r for r in log if r.get("event") == "train"]
     assert len(steps) == 2 and all(r["mask_bce"] > 0 and r["ce"] > 0 for r in steps)
     assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "exported")]) == 0
-    prediction = Segmenter.from_pretrained(str(tmp_path / "exported"), device="cpu").predict(
+    exported = Segmenter.from_pretrained(str(tmp_path / "exported"), device="cpu")
+    assert exported.model.config.image_attention == "bidirectional"
+    prediction = exported.predict(
         "examples/shapes.png", "Segment the red circle.", max_new_tokens=4, force_seg=True)
     width, height = Image.open("examples/shapes.png").size
     assert len(prediction.masks) >= 1 and prediction.masks[0].shape == (height, width)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError, UnsupportedError
+from ..modeling.image_attention import check_image_attention
 from .loading import PRECISIONS, locate_checkpoint, read_config
 
 VLM_LAYOUTS = ("llava", "llava_hf", "causal_lm")
@@ -55,6 +56,7 @@ class BuildReport:
     dtype: str = "float32"
     conv_type: str = "llava_v1"
     image_placement: str = "before_text"
+    image_attention: str = "causal"
     tokenizer_style: str = "default"
     use_im_start_end: bool = False
     added_tokens: dict[str, int] = field(default_factory=dict)
@@ -195,6 +197,8 @@ def build_model(
     model.eval()
 
     stage = read_stage_info(vlm_dir)
+    model.config.image_attention = stage.get("image_attention", "causal")
+    check_image_attention(model.config.image_attention)
     chosen_conv = conv_type or stage.get("conv_type") or guess_conv_type(str(delta or vlm))
     settings = ProcessorSettings(
         conv_type=chosen_conv,
@@ -220,6 +224,7 @@ def build_model(
         dtype=str(dtype).removeprefix("torch."),
         conv_type=chosen_conv,
         image_placement=settings.image_placement,
+        image_attention=model.config.image_attention,
         tokenizer_style=parts.tokenizer_style,
         use_im_start_end=im_start_end,
         added_tokens=added,
@@ -278,8 +283,8 @@ def resolve_dtype(precision: str, config: dict) -> torch.dtype:
 
 
 def read_stage_info(directory: Path) -> dict:
-    """How a VLM trained by ``reasonseg pretrain vlm`` lays out its prompts (template, image placement); ``{}`` for
-    any other VLM."""
+    """How a VLM trained by ``reasonseg pretrain vlm`` lays out its prompts (template, image placement) and attends to
+    its image (image attention); ``{}`` for any other VLM."""
     path = directory / STAGE_INFO_NAME
     if not path.is_file():
         return {}

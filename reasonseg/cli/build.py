@@ -53,7 +53,7 @@ def run(args) -> int:
         seed=args.seed,
     )
     tokens = ", ".join(f"{token}={index}" for token, index in report.added_tokens.items())
-    print(f"VLM layout: {report.vlm_layout}; SAM: {report.sam_format}; dtype {report.dtype}; template {report.conv_type}, image {report.image_placement.replace('_', ' ')}")
+    print(f"VLM layout: {report.vlm_layout}; SAM: {report.sam_format}; dtype {report.dtype}; template {report.conv_type}, image {report.image_placement.replace('_', ' ')}, {report.image_attention} image attention")
     print(f"tokens: {tokens}; vocabulary {report.vocab_size}; new: {', '.join(report.new_parts)}")
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..modeling.image_attention import image_block_attention_mask
+
 
 @dataclass
 class DecodeResult:
@@ -39,6 +41,13 @@ def _decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=No
         **(extra or {}),
     )
     return out.last_hidden_state
+
+
+def _attention_mask(decoder, mask_2d, image_positions, query_length, dtype):
+    """The decoder's mask: ``mask_2d`` as it is, or with the image positions as one bidirectional block."""
+    if image_positions is None:
+        return mask_2d
+    return image_block_attention_mask(mask_2d, image_positions, query_length, decoder.config._attn_implementation, dtype)
 
 
 def extend_prefill_kwargs(prefill_kwargs: dict | None, length: int) -> dict | None:
@@ -78,6 +87,7 @@ def greedy_decode(
     cache=None,
     use_cache: bool = True,
     prefill_kwargs: dict | None = None,
+    image_positions: torch.Tensor | None = None,
 ) -> DecodeResult:
     """Greedy decoding of a (left-padded) batch.
 
@@ -91,6 +101,8 @@ def greedy_decode(
     ``prefill_kwargs``: further decoder inputs for the positions of ``inputs_embeds`` only (``SplicedInputs.
     decoder_kwargs``: Qwen3-VL's deepstack features, added at the image positions); passed on the first step, and on
     every uncached step with the mask extended over the generated tokens.
+    ``image_positions`` ``[B, T]``: for a model with ``image_attention="bidirectional"``, True at the image positions
+    of ``inputs_embeds``; they see each other both ways whenever they are computed (later tokens are causal).
     """
     batch = inputs_embeds.shape[0]
     device = inputs_embeds.device
@@ -108,10 +120,16 @@ def greedy_decode(
     for step in range(max_new_tokens):
         if use_cache:
             extra = prefill_kwargs if step == 0 else None
-            hidden = _decoder_step(decoder, step_embeds, full_mask, step_positions, cache, extra)
+            mask = full_mask
+            if step == 0:
+                mask = _attention_mask(decoder, full_mask, image_positions, step_embeds.shape[1], inputs_embeds.dtype)
+            hidden = _decoder_step(decoder, step_embeds, mask, step_positions, cache, extra)
         else:
             extra = extend_prefill_kwargs(prefill_kwargs, all_embeds.shape[1])
-            hidden = _decoder_step(decoder, all_embeds, full_mask, all_positions, None, extra)
+            if image_positions is not None:  # generated tokens are text
+                image_positions = torch.nn.functional.pad(image_positions, (0, all_embeds.shape[1] - image_positions.shape[1]))
+            mask = _attention_mask(decoder, full_mask, image_positions, all_embeds.shape[1], inputs_embeds.dtype)
+            hidden = _decoder_step(decoder, all_embeds, mask, all_positions, None, extra)
         last = hidden[:, -1]
         token = lm_head(last).argmax(dim=-1)
         for row in range(batch):

@@ -178,6 +178,7 @@ class Segmenter:
             max_new_tokens,
             processor.stop_token_ids,
             prefill_kwargs=spliced.decoder_kwargs,
+            image_positions=model.attending_image_positions(spliced),
         )
         plans = [self._seg_plan(result.new_ids[r], forces[image]) for r, (image, _) in enumerate(rows)]
         fed = self._feed_rows(result, spliced, plans)
@@ -355,7 +356,7 @@ class ChatSession:
             ids = processor.encode(processor.conversation_prompt([(prompt, None)]))
         else:
             ids = self._pending_ids + processor.continuation_ids(prompt)
-        embeds, mask, positions, extra = self._embed_new_ids(ids)
+        embeds, mask, positions, extra, image_positions = self._embed_new_ids(ids)
         result = greedy_decode(
             model.decoder,
             model.get_output_embeddings(),
@@ -367,6 +368,7 @@ class ChatSession:
             processor.stop_token_ids,
             cache=self._cache,
             prefill_kwargs=extra,
+            image_positions=image_positions,
         )
         new_ids, states = result.new_ids[0], result.step_states[0]
         self._cache, self._cache_mask = result.cache, result.attention_mask
@@ -394,8 +396,8 @@ class ChatSession:
         return prediction
 
     def _embed_new_ids(self, ids: list[int]):
-        """Embeddings, attention mask, positions and further decoder inputs (``SplicedInputs.decoder_kwargs``) of ids
-        to append to the conversation (image spliced in)."""
+        """Embeddings, attention mask, positions, further decoder inputs (``SplicedInputs.decoder_kwargs``) and the
+        positions that attend both ways (or ``None``) of ids to append to the conversation (image spliced in)."""
         model = self.segmenter.model
         input_ids = torch.tensor([ids])
         spliced = model.splice_inputs(
@@ -405,7 +407,7 @@ class ChatSession:
         mask = spliced.attention_mask
         if self._cache_mask is not None:
             mask = torch.cat([self._cache_mask.to(mask.device), mask], dim=1)
-        return spliced.inputs_embeds, mask, positions, spliced.decoder_kwargs
+        return spliced.inputs_embeds, mask, positions, spliced.decoder_kwargs, model.attending_image_positions(spliced)
 
     def _seg_states(self, new_ids: list[int], states: torch.Tensor) -> torch.Tensor:
         """Hidden states feeding each generated [SEG].
@@ -444,7 +446,7 @@ class ChatSession:
     def _feed(self, ids: list[int]) -> torch.Tensor:
         """Run ids through the cached decoder; returns their hidden states ``[len(ids), hidden]``."""
         model = self.segmenter.model
-        embeds, mask, positions, extra = self._embed_new_ids(ids)
+        embeds, mask, positions, extra, _ = self._embed_new_ids(ids)  # text only: causal
         out = model.decoder(
             inputs_embeds=embeds,
             attention_mask=mask,

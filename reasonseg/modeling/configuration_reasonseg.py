@@ -35,6 +35,8 @@ class ReasonSegConfig(PreTrainedConfig):
     seg_point_loss_weight: weight of an auxiliary loss LISA does not have (0: off): the mean squared distance of each
         [SEG] prompt to SAM's prompt token for a positive point at the innermost pixel of its target mask. It gives a
         mask decoder that was pre-trained with point prompts a direct signal of where the target is.
+    image_attention: ``"causal"`` (LLaVA, LISA) or ``"bidirectional"``: the image tokens see each other both ways
+        (modeling/image_attention.py); a model must run as it was trained.
     """
 
     model_type = "reasonseg"
@@ -60,6 +62,7 @@ class ReasonSegConfig(PreTrainedConfig):
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
     seg_point_loss_weight: float = 0.0
+    image_attention: Literal["causal", "bidirectional"] = "causal"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

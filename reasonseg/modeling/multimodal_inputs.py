@@ -17,13 +17,15 @@ class SplicedInputs:
     """inputs_embeds ``[B, T, H]``, attention_mask ``[B, T]`` (1 = real), position_ids ``[B, T]``,
     token_positions ``[B, L]``: the expanded position of each input token (-1 for the placeholder and padding);
     decoder_kwargs: further inputs the language model takes for exactly these positions (Qwen3-VL's deepstack:
-    ``visual_pos_masks`` ``[B, T]`` and ``deepstack_visual_embeds``), or ``None``."""
+    ``visual_pos_masks`` ``[B, T]`` and ``deepstack_visual_embeds``), or ``None``;
+    image_positions ``[B, T]``: True where an image feature was spliced in."""
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     token_positions: torch.Tensor
     decoder_kwargs: dict | None = None
+    image_positions: torch.Tensor | None = None
 
     def expand_token_values(self, values: torch.Tensor, fill: int) -> torch.Tensor:
         """Move a per-token tensor ``[B, L]`` (e.g. labels) onto the expanded positions ``[B, T]``."""
@@ -50,7 +52,7 @@ def splice_image_features(
     ``padding_side="left"`` is for generation (new tokens are appended on the right).
     """
     batch, length, hidden = token_embeddings.shape
-    pieces, maps = [], []
+    pieces, maps, image_spans = [], [], []
     for row in range(batch):
         keep = attention_mask[row].bool()
         ids = input_ids[row]
@@ -66,9 +68,11 @@ def splice_image_features(
             chunks = [token_embeddings[row, start:slot], features, token_embeddings[row, slot + 1 : stop]]
             positions[start:slot] = torch.arange(slot - start, device=ids.device)
             after = slot - start + features.shape[0]
+            image_spans.append((slot - start, after))
             positions[slot + 1 : stop] = torch.arange(after, after + stop - slot - 1, device=ids.device)
         else:
             chunks = [token_embeddings[row, start:stop]]
+            image_spans.append((0, 0))
             positions[start:stop] = torch.arange(stop - start, device=ids.device)
         pieces.append(torch.cat(chunks, dim=0))
         maps.append(positions)
@@ -77,6 +81,7 @@ def splice_image_features(
     embeds = token_embeddings.new_zeros((batch, total, hidden))
     mask = attention_mask.new_zeros((batch, total))
     position_ids = torch.zeros((batch, total), dtype=torch.long, device=input_ids.device)
+    image_positions = torch.zeros((batch, total), dtype=torch.bool, device=input_ids.device)
     token_positions = torch.stack(maps)
     for row, piece in enumerate(pieces):
         n = piece.shape[0]
@@ -84,6 +89,8 @@ def splice_image_features(
         embeds[row, offset : offset + n] = piece
         mask[row, offset : offset + n] = 1
         position_ids[row, offset : offset + n] = torch.arange(n, device=input_ids.device)
+        first, last = image_spans[row]
+        image_positions[row, offset + first : offset + last] = True
         valid = token_positions[row] >= 0
         token_positions[row, valid] += offset
-    return SplicedInputs(embeds, mask, position_ids, token_positions)
+    return SplicedInputs(embeds, mask, position_ids, token_positions, image_positions=image_positions)

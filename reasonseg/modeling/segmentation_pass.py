@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from .image_attention import image_block_attention_mask
 from .losses import mask_losses, token_cross_entropy
 from .multimodal_inputs import SplicedInputs, splice_image_features
 from .placement import execution_device
@@ -91,6 +92,21 @@ class SegmentationPass:
             padding_side,
         )
 
+    def attending_image_positions(self, spliced: SplicedInputs) -> torch.Tensor | None:
+        """The image positions that attend to each other both ways (config ``image_attention="bidirectional"``), or
+        ``None`` for a causal model (LISA, Sa2VA)."""
+        if getattr(self.config, "image_attention", "causal") != "bidirectional":
+            return None
+        return spliced.image_positions
+
+    def decoder_attention_mask(self, spliced: SplicedInputs) -> torch.Tensor:
+        """The decoder's mask over the whole spliced sequence: the 2D padding mask, or the 4D image-block mask."""
+        image_positions = self.attending_image_positions(spliced)
+        if image_positions is None:
+            return spliced.attention_mask
+        return image_block_attention_mask(spliced.attention_mask, image_positions, None,
+                                          self.decoder.config._attn_implementation, spliced.inputs_embeds.dtype)
+
     def segmentation_pass(self, input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
                           sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks, return_logits):
         if image_indices is None:
@@ -98,7 +114,7 @@ class SegmentationPass:
         spliced = self.splice_inputs(input_ids, attention_mask, image_features, image_indices)
         hidden = self.decoder(
             inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
+            attention_mask=self.decoder_attention_mask(spliced),
             position_ids=spliced.position_ids,
             use_cache=False,
             **(spliced.decoder_kwargs or {}),

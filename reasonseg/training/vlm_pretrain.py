@@ -39,6 +39,7 @@ from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
 from ..errors import InputError
+from ..modeling.image_attention import check_image_attention, image_block_attention_mask
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
@@ -119,6 +120,9 @@ class VlmPretrainConfig:
     # answer only has to find the marked tokens (as with a one-object scene). The head is dropped from the saved model.
     target_patch_weight: float = 0.0
     target_patch_layer: int = 2
+    # "bidirectional": the image tokens see each other both ways (modeling/image_attention.py), so a patch early in
+    # reading order can tell whether a larger or further-left object comes later; the built model inherits it
+    image_attention: str = "causal"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +147,7 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     check_image_placement(config.image_placement)
+    check_image_attention(config.image_attention)
     if config.target_patch_weight and config.image_placement != "after_text":
         raise InputError("target_patch_weight needs image_placement=after_text: an image token that comes before the "
                          "question cannot know which object is asked for")
@@ -449,13 +454,24 @@ def image_token_states(states: torch.Tensor, image_positions: torch.Tensor) -> t
     return states[image_positions].reshape(image_positions.shape[0], -1, states.shape[-1])
 
 
+def llava_forward(model, config: VlmPretrainConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  **kwargs):
+    """The LLaVA's forward under the stage's image attention (llava-hf repeats the image token once per patch)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if config.image_attention == "bidirectional":
+        attention_mask = image_block_attention_mask(attention_mask, input_ids == model.config.image_token_id, None,
+                                                    model.config.get_text_config()._attn_implementation)
+    return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
 def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConfig) -> tuple[torch.Tensor, dict]:
     """The LM loss, plus the weighted patch-label and target-patch losses when the config asks for them."""
     patch_labels = batch.pop("patch_labels", None)
     target_patches = batch.pop("target_patches", None)
     if patch_labels is None and target_patches is None:
-        return model(**batch).loss, {}
-    out = model(**batch, output_hidden_states=True)
+        return llava_forward(model, config, **batch).loss, {}
+    out = llava_forward(model, config, **batch, output_hidden_states=True)
     image_positions = batch["input_ids"] == model.config.image_token_id
     loss, extra = out.loss, {}
     if patch_labels is not None:
@@ -482,7 +498,7 @@ def evaluate_vlm(model, tokenizer, image_processor, config: VlmPretrainConfig, n
         ids, labels = encode_conversation(tokenizer, config, scene_turns(sample, rng, config))
         pixel_values = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
         device = next(model.parameters()).device
-        logits = model(input_ids=torch.tensor([ids], device=device), pixel_values=pixel_values.to(device)).logits[0]
+        logits = llava_forward(model, config, torch.tensor([ids], device=device), pixel_values=pixel_values.to(device)).logits[0]
         predicted = logits[:-1].argmax(-1).cpu()
         target = torch.tensor(labels[1:])
         keep = target != IGNORE_INDEX
@@ -559,6 +575,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
         model.save_pretrained(final)
         tokenizer.save_pretrained(str(final))
         image_processor.save_pretrained(str(final))
-        stage = {"conv_type": config.conv_type, "image_placement": config.image_placement}
+        stage = {"conv_type": config.conv_type, "image_placement": config.image_placement,
+                 "image_attention": config.image_attention}
         (final / STAGE_INFO_NAME).write_text(json.dumps(stage) + "\n")
     return final

@@ -190,7 +190,8 @@ class Sa2VAQwenForCausalLM(Sam2MaskSide, SegmentationPass, Sa2VAQwenPreTrainedMo
         extra = None
         if deepstack is not None:
             extra = {"visual_pos_masks": token_types.bool(), "deepstack_visual_embeds": deepstack}
-        return SplicedInputs(spliced.inputs_embeds, mask, position_ids, spliced.token_positions, extra)
+        return SplicedInputs(spliced.inputs_embeds, mask, position_ids, spliced.token_positions, extra,
+                             spliced.image_positions)
 
     # ---- the full forward (training, teacher-forced checks) ----
     def forward(
