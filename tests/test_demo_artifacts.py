@@ -81,3 +81,13 @@ def test_reasoning_model_answers_absent_targets_without_a_mask(reasoning_segment
     without = [result.text for result in results if not result.masks]
     assert len(without) >= 27, [result.text for result in results if result.masks]  # measured 30 of 32
     assert all("no " in text.lower() or "n't" in text.lower() for text in without), without
+
+
+def test_make_demo_query_segments_the_circle(reasoning_segmenter):
+    """The query `make demo` asks of examples/shapes.png (a red circle, a blue square, a yellow triangle)."""
+    image = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "examples" / "shapes.png").convert("RGB"))
+    result = reasoning_segmenter.predict(image, "Which shape has no corners? Please output segmentation mask.")
+    assert len(result.masks) == 1 and "circle" in result.text, result.text
+    red = (image[..., 0] > 180) & (image[..., 1] < 80) & (image[..., 2] < 80)
+    mask = np.asarray(result.masks[0])
+    assert (mask & red).sum() / (mask | red).sum() >= 0.85  # measured 0.930
