@@ -47,7 +47,8 @@ def _attention_mask(decoder, mask_2d, image_positions, query_length, dtype):
     """The decoder's mask: ``mask_2d`` as it is, or with the image positions as one bidirectional block."""
     if image_positions is None:
         return mask_2d
-    return image_block_attention_mask(mask_2d, image_positions, query_length, decoder.config._attn_implementation, dtype)
+    implementation = decoder.config._attn_implementation
+    return image_block_attention_mask(mask_2d, image_positions, query_length, implementation, dtype)
 
 
 def extend_prefill_kwargs(prefill_kwargs: dict | None, length: int) -> dict | None:
@@ -127,7 +128,8 @@ def greedy_decode(
         else:
             extra = extend_prefill_kwargs(prefill_kwargs, all_embeds.shape[1])
             if image_positions is not None:  # generated tokens are text
-                image_positions = torch.nn.functional.pad(image_positions, (0, all_embeds.shape[1] - image_positions.shape[1]))
+                grown = all_embeds.shape[1] - image_positions.shape[1]
+                image_positions = torch.nn.functional.pad(image_positions, (0, grown))
             mask = _attention_mask(decoder, full_mask, image_positions, all_embeds.shape[1], inputs_embeds.dtype)
             hidden = _decoder_step(decoder, all_embeds, mask, all_positions, None, extra)
         last = hidden[:, -1]
