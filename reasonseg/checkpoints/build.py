@@ -197,8 +197,9 @@ def build_model(
     model.eval()
 
     stage = read_stage_info(vlm_dir)
-    model.config.image_attention = stage.get("image_attention", "causal")
-    check_image_attention(model.config.image_attention)
+    image_attention = stage.get("image_attention", "causal")
+    check_image_attention(image_attention)
+    model.config.image_attention = image_attention
     chosen_conv = conv_type or stage.get("conv_type") or guess_conv_type(str(delta or vlm))
     settings = ProcessorSettings(
         conv_type=chosen_conv,

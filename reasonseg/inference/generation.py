@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..modeling.image_attention import image_block_attention_mask
+from ..modeling.image_attention import decoder_attention_mask
 
 
 @dataclass
@@ -43,12 +43,10 @@ def _decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=No
     return out.last_hidden_state
 
 
-def _attention_mask(decoder, mask_2d, image_positions, query_length, dtype):
-    """The decoder's mask: ``mask_2d`` as it is, or with the image positions as one bidirectional block."""
-    if image_positions is None:
-        return mask_2d
-    implementation = decoder.config._attn_implementation
-    return image_block_attention_mask(mask_2d, image_positions, query_length, implementation, dtype)
+def _pad_as_text(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """A per-position mask ``[B, T]`` of the prompt, padded with ``False`` on the right to ``length`` positions
+    (generated tokens are text)."""
+    return torch.cat([positions, positions.new_zeros((positions.shape[0], length - positions.shape[1]))], dim=1)
 
 
 def extend_prefill_kwargs(prefill_kwargs: dict | None, length: int) -> dict | None:
@@ -56,9 +54,7 @@ def extend_prefill_kwargs(prefill_kwargs: dict | None, length: int) -> dict | No
     ``[B, T]`` is padded with ``False`` on the right (generated tokens are text), the rest passes unchanged."""
     if not prefill_kwargs or "visual_pos_masks" not in prefill_kwargs:
         return prefill_kwargs
-    mask = prefill_kwargs["visual_pos_masks"]
-    padded = torch.cat([mask, mask.new_zeros((mask.shape[0], length - mask.shape[1]))], dim=1)
-    return {**prefill_kwargs, "visual_pos_masks": padded}
+    return {**prefill_kwargs, "visual_pos_masks": _pad_as_text(prefill_kwargs["visual_pos_masks"], length)}
 
 
 def first_row_position(next_positions: torch.Tensor) -> int:
@@ -123,14 +119,13 @@ def greedy_decode(
             extra = prefill_kwargs if step == 0 else None
             mask = full_mask
             if step == 0:
-                mask = _attention_mask(decoder, full_mask, image_positions, step_embeds.shape[1], inputs_embeds.dtype)
+                mask = decoder_attention_mask(full_mask, image_positions, step_embeds.shape[1], decoder.config,
+                                              inputs_embeds.dtype)
             hidden = _decoder_step(decoder, step_embeds, mask, step_positions, cache, extra)
         else:
             extra = extend_prefill_kwargs(prefill_kwargs, all_embeds.shape[1])
-            if image_positions is not None:  # generated tokens are text
-                grown = all_embeds.shape[1] - image_positions.shape[1]
-                image_positions = torch.nn.functional.pad(image_positions, (0, grown))
-            mask = _attention_mask(decoder, full_mask, image_positions, all_embeds.shape[1], inputs_embeds.dtype)
+            positions = None if image_positions is None else _pad_as_text(image_positions, all_embeds.shape[1])
+            mask = decoder_attention_mask(full_mask, positions, None, decoder.config, inputs_embeds.dtype)
             hidden = _decoder_step(decoder, all_embeds, mask, all_positions, None, extra)
         last = hidden[:, -1]
         token = lm_head(last).argmax(dim=-1)

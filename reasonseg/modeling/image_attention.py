@@ -57,3 +57,18 @@ def image_block_attention_mask(
     if attn_implementation == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def decoder_attention_mask(
+    attention_mask: torch.Tensor,
+    image_positions: torch.Tensor | None,
+    query_length: int | None,
+    text_config,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """What a decoder with ``text_config`` takes as its mask: ``attention_mask`` itself when ``image_positions`` is
+    ``None`` (a causal model), else the image-block mask for that config's attention kernel."""
+    if image_positions is None:
+        return attention_mask
+    return image_block_attention_mask(attention_mask, image_positions, query_length,
+                                      text_config._attn_implementation, dtype)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .image_attention import image_block_attention_mask
+from .image_attention import decoder_attention_mask
 from .losses import mask_losses, token_cross_entropy
 from .multimodal_inputs import SplicedInputs, splice_image_features
 from .placement import execution_device
@@ -101,11 +101,8 @@ class SegmentationPass:
 
     def decoder_attention_mask(self, spliced: SplicedInputs) -> torch.Tensor:
         """The decoder's mask over the whole spliced sequence: the 2D padding mask, or the 4D image-block mask."""
-        image_positions = self.attending_image_positions(spliced)
-        if image_positions is None:
-            return spliced.attention_mask
-        return image_block_attention_mask(spliced.attention_mask, image_positions, None,
-                                          self.decoder.config._attn_implementation, spliced.inputs_embeds.dtype)
+        return decoder_attention_mask(spliced.attention_mask, self.attending_image_positions(spliced), None,
+                                      self.decoder.config, spliced.inputs_embeds.dtype)
 
     def segmentation_pass(self, input_ids, attention_mask, image_features, image_indices, sam_pixel_values,
                           sam_image_embeddings, resized_sizes, original_sizes, labels, gt_masks, return_logits):

@@ -39,7 +39,7 @@ from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
 from ..errors import InputError
-from ..modeling.image_attention import check_image_attention, image_block_attention_mask
+from ..modeling.image_attention import check_image_attention, decoder_attention_mask
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
@@ -459,10 +459,9 @@ def llava_forward(model, config: VlmPretrainConfig, input_ids: torch.Tensor, att
     """The LLaVA's forward under the stage's image attention (llava-hf repeats the image token once per patch)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if config.image_attention == "bidirectional":
-        attention_mask = image_block_attention_mask(attention_mask, input_ids == model.config.image_token_id, None,
-                                                    model.config.get_text_config()._attn_implementation)
-    return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    image_positions = input_ids == model.config.image_token_id if config.image_attention == "bidirectional" else None
+    mask = decoder_attention_mask(attention_mask, image_positions, None, model.config.get_text_config())
+    return model(input_ids=input_ids, attention_mask=mask, **kwargs)
 
 
 def training_loss(model, batch: dict[str, torch.Tensor], config: VlmPretrainConfig) -> tuple[torch.Tensor, dict]:
@@ -498,7 +497,8 @@ def evaluate_vlm(model, tokenizer, image_processor, config: VlmPretrainConfig, n
         ids, labels = encode_conversation(tokenizer, config, scene_turns(sample, rng, config))
         pixel_values = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
         device = next(model.parameters()).device
-        logits = llava_forward(model, config, torch.tensor([ids], device=device), pixel_values=pixel_values.to(device)).logits[0]
+        ids_tensor = torch.tensor([ids], device=device)
+        logits = llava_forward(model, config, ids_tensor, pixel_values=pixel_values.to(device)).logits[0]
         predicted = logits[:-1].argmax(-1).cpu()
         target = torch.tensor(labels[1:])
         keep = target != IGNORE_INDEX
