@@ -297,6 +297,33 @@ def test_toy_world_source_gives_one_mask_per_seg_in_answer_order():
         ToyWorldSource("nonsense")
 
 
+def test_toy_world_language_subset_gives_stage_two_turns_without_masks():
+    import random
+
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.training.datasets import ToyWorldSource
+
+    source = ToyWorldSource("train", "qa")
+    seen_region = seen_qa = 0
+    for index in range(8):
+        drawn = source.draw(index, random.Random(index), 3)
+        sample = generate_sample(split_seed("train", index))
+        assert drawn.masks.shape == (0, sample.height, sample.width)
+        assert 1 <= len(drawn.conversations) <= 3
+        pairs = {(p.question, p.answer) for p in sample.qa}
+        for (question, answer), in drawn.conversations:
+            assert "[SEG]" not in answer
+            if question.endswith(")?"):  # "What is at (3, 6)?" -> "It is the small red star."
+                seen_region += 1
+                assert any(answer == f"It is the {o.describe(with_size=True)}." for o in sample.objects)
+            else:
+                seen_qa += 1
+                assert (question, answer) in pairs
+    assert seen_region and seen_qa
+    with pytest.raises(InputError, match="stands alone"):
+        ToyWorldSource("train", "qa||attribute")
+
+
 def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     """Stage 3 as the card says: `reasonseg build` on the two stage outputs, then `reasonseg train` with
     configs/demo/reasoning.yaml on the generated world; the mask loss is computed and the run exports."""

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from reasonseg.data import lisa_tree
@@ -53,6 +54,34 @@ def test_optimizer_and_scheduler_get_the_recipe(recipe, tiny):
     for step, lr in expected.items():
         assert seen[step] == pytest.approx(lr, abs=1e-12), step
     assert max(seen.values()) == pytest.approx(3e-4)
+
+
+def test_lora_lr_puts_the_adapters_in_their_own_group(tiny):
+    from reasonseg.errors import InputError
+
+    model, processor = tiny
+    config = load_training_config(ROOT / "configs" / RECIPES[0], ["lora_lr=1e-4", "warmup_steps=0"])
+    assert config.lora_lr == 1e-4
+    peft_model = prepare_for_training(model, config, trainable_token_ids(processor))
+    optimizer, scheduler = build_optimizer(peft_model, config)
+    rest, lora = optimizer.param_groups
+    names = {id(p): name for name, p in peft_model.named_parameters()}
+    assert lora["initial_lr"] == 1e-4 and rest["initial_lr"] == 3e-4
+    assert lora["params"] and all("lora_" in names[id(p)] for p in lora["params"])
+    assert any("mask_decoder" in names[id(p)] for p in rest["params"])
+    assert not any("lora_" in names[id(p)] for p in rest["params"])
+    trained = sum(p.requires_grad for p in peft_model.parameters())
+    assert len(lora["params"]) + len(rest["params"]) == trained
+    optimizer.step()
+    scheduler.step()  # the schedule scales both groups by the same factor
+    half = config.total_steps // 2
+    for _ in range(half - 1):
+        scheduler.step()
+    assert scheduler.get_last_lr() == pytest.approx([3e-4 * 0.5, 1e-4 * 0.5])
+    with pytest.raises(InputError, match="lora_lr"):
+        load_training_config(ROOT / "configs" / RECIPES[0], ["lora_lr=0"])
+    with pytest.raises(InputError, match="no trained LoRA"):
+        build_optimizer(torch.nn.Linear(2, 2), config)
 
 
 def test_lora_and_loss_weights_reach_the_model(recipe, tiny):

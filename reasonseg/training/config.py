@@ -45,6 +45,9 @@ class TrainingConfig:
     grad_accumulation_steps: int = 1
     optimizer: str = "adamw"
     lr: float = 3e-4
+    # learning rate of the LoRA adapters only (None: lr); the mask decoder, text_hidden_fcs and new token rows keep lr,
+    # so a small LM can keep what its own pre-training taught while the new parts learn fast
+    lora_lr: float | None = None
     warmup_steps: int = 100
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -100,6 +103,11 @@ def _build(raw: dict) -> TrainingConfig:
         values["lora"] = LoraSpec(**raw.get("lora", {}))
     except TypeError as err:
         raise InputError(f"bad dataset or lora entry in the training config: {err}") from None
+    if isinstance(values.get("lora_lr"), str):
+        try:
+            values["lora_lr"] = float(values["lora_lr"])
+        except ValueError:
+            raise InputError(f"training config lora_lr: {values['lora_lr']!r} is not a number") from None
     if "betas" in values:
         values["betas"] = tuple(float(b) for b in values["betas"])
     defaults = TrainingConfig()
@@ -130,6 +138,8 @@ def _validate(config: TrainingConfig) -> None:
                  "val_batch_size"):
         if int(getattr(config, name)) < 1:
             raise InputError(f"training config {name}: {getattr(config, name)} must be at least 1")
+    if config.lora_lr is not None and config.lora_lr <= 0:
+        raise InputError(f"training config lora_lr: {config.lora_lr} must be above 0 (or left out to use lr)")
     if config.val_every < 0:
         raise InputError(f"training config val_every: {config.val_every} must be 0 (only at the end) or more")
     if config.val_max_samples is not None and config.val_max_samples < 1:

@@ -85,6 +85,9 @@ class ReasonSegSource:
         return TrainingSample(image, conversations, all_masks, source=str(sample.json_path))
 
 
+LANGUAGE_SUBSET = "qa"
+
+
 class ToyWorldSource:
     """The shapes world generated on the fly (docs/toy_world.md): ``path`` names the split (``train``), index ``i``
     is scene ``i`` of that split. Each conversation is one of the scene's queries, as the world phrases it or inside
@@ -98,6 +101,10 @@ class ToyWorldSource:
             raise InputError(f"toy_world path {split!r} should name a split: {', '.join(SPLIT_OFFSETS)}")
         self.split, self.size = split, SPLIT_SIZE
         self.families = families.split("||") if isinstance(families, str) else families
+        # subsets "qa": stage 2's language turns (no masks, CE only), kept in stage 3 as LISA keeps LLaVA's VQA data
+        self.language_only = self.families is not None and LANGUAGE_SUBSET in self.families
+        if self.language_only and len(self.families) > 1:
+            raise InputError(f"toy_world subsets {LANGUAGE_SUBSET!r} stands alone: give it its own dataset entry")
 
     def __len__(self) -> int:
         return self.size
@@ -105,6 +112,8 @@ class ToyWorldSource:
     def draw(self, index: int, rng: random.Random, max_conversations: int) -> TrainingSample:
         from ..data.toy_world import generate_sample, split_seed
 
+        if self.language_only:
+            return self._draw_language(generate_sample(split_seed(self.split, index)), rng, max_conversations)
         sample = generate_sample(split_seed(self.split, index), families=self.families)
         queries = rng.sample(sample.queries, min(max_conversations, len(sample.queries)))
         conversations, masks = [], []
@@ -118,6 +127,18 @@ class ToyWorldSource:
             masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
         stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
+
+    @staticmethod
+    def _draw_language(sample, rng: random.Random, max_conversations: int) -> TrainingSample:
+        """Turns that ask no mask: the world's question-answer pairs and "What is at (3, 6)?" region turns."""
+        from .vlm_pretrain import REGION_QUESTIONS, objects_alone_in_their_cell, region_turn
+
+        turns = [(pair.question, pair.answer) for pair in sample.qa]
+        turns += [region_turn(cell, obj, rng.choice(REGION_QUESTIONS)) for cell, obj in objects_alone_in_their_cell(sample)]
+        chosen = rng.sample(turns, min(max_conversations, len(turns)))
+        empty = np.zeros((0, sample.height, sample.width), np.uint8)
+        return TrainingSample(Image.fromarray(sample.image), [[turn] for turn in chosen], empty,
+                              source=f"toy_world:{sample.seed}")
 
 
 def per_seg_masks(json_path, label_map: np.ndarray, num_seg: int) -> np.ndarray:

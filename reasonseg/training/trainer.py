@@ -56,8 +56,20 @@ def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
     return factor
 
 
+def parameter_groups(model, config: TrainingConfig) -> list[dict]:
+    """One group at ``lr``; with ``lora_lr`` set, the LoRA adapters form a second group at that rate."""
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if config.lora_lr is None:
+        return [{"params": [p for _, p in trained]}]
+    lora = [p for name, p in trained if "lora_" in name]
+    if not lora:
+        raise InputError("training config sets lora_lr but the model has no trained LoRA adapters; leave lora_lr out")
+    rest = [p for name, p in trained if "lora_" not in name]
+    return [{"params": rest}, {"params": lora, "lr": config.lora_lr}]
+
+
 def build_optimizer(model, config: TrainingConfig):
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = parameter_groups(model, config)
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     elif config.optimizer == "sgd":  # plain SGD makes weights a linear function of gradients (used to check sharding)
