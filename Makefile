@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The latest trained stage 3 of the demo model (artifacts/demo/README.md) until one meeting its targets is bundled
+# No --model: the demo model bundled in reasonseg/assets/demo_model (docs/demo_model.md)
 demo: setup
-	$(VENV)/bin/reasonseg predict --model artifacts/demo/reasoning --image examples/shapes.png \
+	$(VENV)/bin/reasonseg predict --image examples/shapes.png \
 		--prompt "Which shape has no corners? Please output segmentation mask." --out vis_output
 
 test: setup
