@@ -1,0 +1,71 @@
+"""Does a built or trained demo model name the right object and the right grid cell, asked the way stage 2 asks?
+
+    reasonseg build --vlm artifacts/demo/toy_llava --sam artifacts/demo/toy_sam --out runs/demo/built
+    python benchmarks/demo_referring_probe.py runs/demo/built runs/demo/world/test
+    python benchmarks/demo_referring_probe.py reasonseg/assets/demo_model runs/demo/world/test
+
+For every single-target query of the attribute, spatial, superlative and reasoning families in a generated split
+(`reasonseg world generate`), the model answers freely (greedy, `Segmenter.predict`) the question stage 2's
+referring turns use ("Which shape is the red star?", or the query itself when it is a sentence). Printed: the share
+of answers whose words give the target's colour and shape, whose first "(column, row)" is the target's grid cell
+(the cell of its innermost point), both, and a cell within one of it. The same question fits a stage-2 build (which
+answers "It is the small red star at (3, 6).") and a stage-3 model (which adds [SEG]), so the two can be compared:
+how much of stage 2's grounding stage 3 keeps (docs/demo_model.md, session 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from reasonseg.data.toy_world.queries import point_cell
+from reasonseg.inference.segmenter import Segmenter
+
+PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
+_CELL = re.compile(r"\((\d+), (\d+)\)")
+
+
+def stage_two_question(text: str) -> str:
+    return text if text.rstrip().endswith(("?", ".")) else f"Which shape is {text}?"
+
+
+def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None) -> dict[str, float]:
+    counts = {"names target": 0, "names its cell": 0, "both": 0, "cell within one": 0}
+    asked = 0
+    for path in sorted(split_dir.glob("*.json"))[:limit]:
+        annotation = json.loads(path.read_text())
+        if len(annotation["targets"]) != 1 or annotation["family"] not in PROBED_FAMILIES:
+            continue
+        target = annotation["objects"][annotation["targets"][0]]
+        image = Image.open(path.with_suffix(".png")).convert("RGB")
+        answer = segmenter.predict(image, stage_two_question(annotation["text"][0]), max_new_tokens=40).text
+        truth = point_cell(target["point"], annotation["width"], annotation["height"])
+        cells = [(int(c), int(r)) for c, r in _CELL.findall(answer)]
+        named = target["colour"] in answer and target["shape"] in answer
+        right_cell = bool(cells) and cells[0] == truth
+        asked += 1
+        counts["names target"] += named
+        counts["names its cell"] += right_cell
+        counts["both"] += named and right_cell
+        counts["cell within one"] += bool(cells) and max(abs(cells[0][0] - truth[0]), abs(cells[0][1] - truth[1])) <= 1
+    return {"queries": asked, **{name: count / max(asked, 1) for name, count in counts.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a reasonseg model folder (a `reasonseg build` output or an exported stage 3)")
+    parser.add_argument("split_dir", type=Path, help="a split written by `reasonseg world generate`")
+    parser.add_argument("--limit", type=int, default=None, help="read only the first N query files")
+    args = parser.parse_args()
+    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit)
+    print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}")
+    for name, share in scores.items():
+        print(f"  {name:<16} {share:.3f}")
+
+
+if __name__ == "__main__":
+    main()
