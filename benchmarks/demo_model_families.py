@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reasonseg.data.toy_world.queries import point_cell
 
-_CELL = re.compile(r"\((\d+), (\d+)\)")
+ANSWER_CELL = re.compile(r"\((\d+), (\d+)\)")  # "at (3, 6)" in a grounded answer
 
 
 def _generate_records(per_sample: Path):
@@ -67,7 +67,7 @@ def cell_split(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
     ious: dict[str, list[float]] = {"right cell": [], "wrong cell": []}
     for record in _generate_records(per_sample):
         annotation = _annotation(data_dir, record)
-        cells = _CELL.findall(record["answer"])
+        cells = ANSWER_CELL.findall(record["answer"])
         if len(annotation["targets"]) != 1 or len(cells) != 1:
             continue
         target = annotation["objects"][annotation["targets"][0]]

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from PIL import Image
 
+from demo_model_families import ANSWER_CELL  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 from reasonseg.data.toy_world.queries import point_cell
 from reasonseg.inference.segmenter import Segmenter
 
 PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
-_CELL = re.compile(r"\((\d+), (\d+)\)")
 
 
 def stage_two_question(text: str) -> str:
@@ -44,7 +43,7 @@ def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None) -> di
         image = Image.open(path.with_suffix(".png")).convert("RGB")
         answer = segmenter.predict(image, stage_two_question(annotation["text"][0]), max_new_tokens=40).text
         truth = point_cell(target["point"], annotation["width"], annotation["height"])
-        cells = [(int(c), int(r)) for c, r in _CELL.findall(answer)]
+        cells = [(int(c), int(r)) for c, r in ANSWER_CELL.findall(answer)]
         named = target["colour"] in answer and target["shape"] in answer
         right_cell = bool(cells) and cells[0] == truth
         asked += 1

@@ -40,4 +40,3 @@ def default_model_path() -> Path:
         file=sys.stderr,
     )
     return target
-

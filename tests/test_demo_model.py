@@ -17,6 +17,7 @@ from PIL import Image
 
 from reasonseg.assets import BUNDLED_DEMO, default_model_path
 from reasonseg.data.toy_world import generate_sample, split_seed
+from reasonseg.evaluation.metrics import iou_from, mask_intersection_union
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -42,8 +43,9 @@ MEETS_TARGETS = min(_recorded_scores()[k] for k in ("giou", "ciou")) >= TARGET
 
 
 def _iou(result, truth: np.ndarray) -> float:
-    predicted = np.asarray(result.masks[0]) > 0 if result.masks else np.zeros_like(truth, dtype=bool)
-    return float((predicted & truth).sum() / (predicted | truth).sum())
+    """The first mask's IoU (the evaluator's own), 0 when the answer has no mask."""
+    predicted = result.masks[0] if result.masks else np.zeros_like(truth, dtype=bool)
+    return iou_from(*mask_intersection_union(predicted, truth))
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,14 @@ class TrainingConfig:
         return asdict(self)
 
 
+# the int and float fields, optional ones included (annotations are strings under `from __future__ import annotations`)
+_NUMBER_FIELDS = {
+    f.name: {"int": int, "float": float}[f.type.removesuffix(" | None")]
+    for f in fields(TrainingConfig)
+    if f.type.removesuffix(" | None") in ("int", "float")
+}
+
+
 def load_training_config(path: str | Path | None, overrides: list[str] = ()) -> TrainingConfig:
     """Read YAML, apply ``a.b=value`` overrides, validate keys (unknown keys are errors, not silently ignored)."""
     return _build(read_config_dict(path, overrides))
@@ -103,20 +111,14 @@ def _build(raw: dict) -> TrainingConfig:
         values["lora"] = LoraSpec(**raw.get("lora", {}))
     except TypeError as err:
         raise InputError(f"bad dataset or lora entry in the training config: {err}") from None
-    if isinstance(values.get("lora_lr"), str):
-        try:
-            values["lora_lr"] = float(values["lora_lr"])
-        except ValueError:
-            raise InputError(f"training config lora_lr: {values['lora_lr']!r} is not a number") from None
     if "betas" in values:
         values["betas"] = tuple(float(b) for b in values["betas"])
-    defaults = TrainingConfig()
     for name, value in list(values.items()):
-        default = getattr(defaults, name)
+        number = _NUMBER_FIELDS.get(name)
         # YAML reads "3e-4" as a string; numbers are coerced by the field's type
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+        if number is not None and isinstance(value, str):
             try:
-                values[name] = type(default)(float(value))
+                values[name] = number(float(value))
             except ValueError:
                 raise InputError(f"training config {name}: {value!r} is not a number") from None
     config = TrainingConfig(**values)
