@@ -1,7 +1,8 @@
 """Can the demo's toy LLaVA (stage 2) say where things are? Two figures for a saved model or a training checkpoint.
 
     python benchmarks/toy_llava_grounding.py runs/demo/toy_llava/model
-    python benchmarks/toy_llava_grounding.py runs/demo/toy_llava/checkpoint-1300 --config configs/demo/toy_llava.yaml
+    python benchmarks/toy_llava_grounding.py runs/demo/toy_llava/checkpoint-1300
+    python benchmarks/toy_llava_grounding.py artifacts/demo/toy_llava --scenes 60
 
 1. Position in the image tokens: R^2 of a ridge read-out of each patch's (column, row) from the vision tower's
    hidden states and from the projector's output (half the scenes fit, half scored). Near 0: the LM is given no
@@ -56,10 +57,23 @@ def target_head_from(tensors: dict) -> TargetPatchHead | None:
     return head
 
 
-def load(path: Path, config_path: str):
+def trained_config(path: Path, given: str | None):
+    """The stage-2 config ``path`` was trained with: ``given``, else the one saved with it (a committed folder's
+    ``training_config.yaml``, a run's ``config.yaml`` beside its ``model`` and ``checkpoint-<step>`` folders). The
+    image placement and attention must be the model's own: under another layout the figures fall to chance."""
+    if given:
+        return load_vlm_pretrain_config(given)
+    for candidate in (path / "training_config.yaml", path.parent / "config.yaml"):
+        if candidate.is_file():
+            return load_vlm_pretrain_config(candidate)
+    raise SystemExit(f"{path}: no training_config.yaml in it and no config.yaml beside it; pass --config with the "
+                     "stage-2 config it was trained with")
+
+
+def load(path: Path, config_path: str | None):
     """``(model, tokenizer, image processor, config, target-patch head or None)``; the head comes from a checkpoint's
     weights or from the ``training_aids.safetensors`` kept beside a saved model."""
-    config = load_vlm_pretrain_config(config_path)
+    config = trained_config(path, config_path)
     if (path / "config.json").is_file():
         model = LlavaForConditionalGeneration.from_pretrained(path)
         aids = path / TRAINING_AIDS_FILE
@@ -162,7 +176,7 @@ def grounding(model, tokenizer, image_processor, config, scenes: int, first: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a saved toy LLaVA (model folder) or a checkpoint-<step> folder")
-    parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
+    parser.add_argument("--config", help="the stage-2 config it was trained with (default: the one saved with it)")
     parser.add_argument("--scenes", type=int, default=25)
     parser.add_argument("--first-scene", type=int, default=0, help="first val scene index")
     args = parser.parse_args()

@@ -86,7 +86,7 @@ class RetrievalProbe(torch.nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a saved toy LLaVA (model folder) or a checkpoint-<step> folder")
-    parser.add_argument("--config", default="configs/demo/toy_llava.yaml", help="the stage-2 config it was trained with")
+    parser.add_argument("--config", help="the stage-2 config it was trained with (default: the one saved with it)")
     parser.add_argument("--features", choices=["model", "oracle"], default="model")
     parser.add_argument("--logit-scale", type=float, default=1.0)
     parser.add_argument("--token-norm", choices=["global", "layer"], default="global")
