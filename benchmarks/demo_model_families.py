@@ -8,9 +8,10 @@ Prints gIoU (mean IoU), cIoU (summed intersection over summed union) and the sha
 family, read from the run's per_sample.jsonl and the family each sample's JSON names. The overall row counts only
 queries with a target (a no-target query is scored by its no-[SEG] share).
 
-Then it splits the single-target answers that name one grid cell ("... at (3, 6) [SEG]") by whether that cell holds
-the target's innermost point: the mean IoU of each part says how much of the gap is the language model naming the
-wrong place and how much is the mask decoder outlining the right place badly.
+Then it splits the single-target answers by what they say ("the small red star at (3, 6) [SEG]"): the target's
+colour and shape or another object, and the one grid cell named against the cell of the target's innermost point
+(the same, one off, further), or no [SEG] at all; the mean IoU of each part says how much of the gap is the
+language model naming the wrong object or place and how much is the mask decoder outlining the right place badly.
 """
 
 from __future__ import annotations
@@ -62,19 +63,39 @@ def family_scores(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float
     return scores
 
 
-def cell_split(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
-    """``{"right cell" | "wrong cell": {"n", "giou"}}`` over single-target answers naming exactly one cell."""
-    ious: dict[str, list[float]] = {"right cell": [], "wrong cell": []}
+ANSWER_KINDS = ("target, its cell", "target, cell one off", "target, cell further",
+                "other object, target's cell", "other object, one off", "other object, further",
+                "denied (no [SEG])", "not one cell")
+
+
+def answer_kind(record: dict, annotation: dict) -> str:
+    """Which of ``ANSWER_KINDS`` a single-target answer is: whether its words give the target's colour and shape,
+    and how far its one "(column, row)" is from the target's cell (the cell of the target's innermost point)."""
+    if record["seg_count"] == 0:
+        return "denied (no [SEG])"
+    cells = ANSWER_CELL.findall(record["answer"])
+    if len(cells) != 1:
+        return "not one cell"
+    target = annotation["objects"][annotation["targets"][0]]
+    column, row = point_cell(target["point"], annotation["width"], annotation["height"])
+    off = max(abs(int(cells[0][0]) - column), abs(int(cells[0][1]) - row))
+    if target["colour"] in record["answer"] and target["shape"] in record["answer"]:
+        return ANSWER_KINDS[min(off, 2)]
+    return ANSWER_KINDS[3 + min(off, 2)]
+
+
+def answer_breakdown(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
+    """``{kind: {"n", "share", "giou"}}`` over the single-target answers: what the language model said (object and
+    place) against the masks it got, i.e. how much of the gap is naming the wrong object or place and how much is
+    the mask decoder outlining the right place badly."""
+    ious: dict[str, list[float]] = {kind: [] for kind in ANSWER_KINDS}
     for record in _generate_records(per_sample):
         annotation = _annotation(data_dir, record)
-        cells = ANSWER_CELL.findall(record["answer"])
-        if len(annotation["targets"]) != 1 or len(cells) != 1:
-            continue
-        target = annotation["objects"][annotation["targets"][0]]
-        said = tuple(int(v) for v in cells[0])
-        right = said == point_cell(target["point"], annotation["width"], annotation["height"])
-        ious["right cell" if right else "wrong cell"].append(record["iou"])
-    return {part: {"n": len(v), "giou": sum(v) / len(v) if v else float("nan")} for part, v in ious.items()}
+        if len(annotation["targets"]) == 1:
+            ious[answer_kind(record, annotation)].append(record["iou"])
+    total = sum(len(v) for v in ious.values())
+    return {kind: {"n": len(v), "share": len(v) / max(total, 1), "giou": sum(v) / len(v) if v else float("nan")}
+            for kind, v in ious.items()}
 
 
 def main() -> None:
@@ -87,12 +108,10 @@ def main() -> None:
     for family in sorted(scores, key=lambda f: (f.startswith("all"), f)):
         s = scores[family]
         print(f"{family:<18}{s['n']:>5}{s['giou']:>8.3f}{s['ciou']:>8.3f}{s['no_seg']:>10.2f}")
-    split = cell_split(args.eval_dir / "per_sample.jsonl", args.data_dir)
-    total = sum(part["n"] for part in split.values())
-    print(f"single-target answers naming one cell: {total}")
-    for part, s in split.items():
-        print(f"  {part:<11} {s['n']:>5} ({s['n'] / max(total, 1):.0%})  gIoU {s['giou']:.3f}")
-
+    breakdown = answer_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
+    print(f"single-target answers: {sum(kind['n'] for kind in breakdown.values())}")
+    for kind, b in breakdown.items():
+        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
 
 if __name__ == "__main__":
     main()

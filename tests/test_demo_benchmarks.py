@@ -1,4 +1,5 @@
-"""benchmarks/demo_model_families.py splits the demo's answers by whether the grid cell they name holds the target."""
+"""benchmarks/demo_model_families.py splits the demo's answers by the object they name and how far the grid cell they
+name is from the target's."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ def _load_benchmark():
 
 
 def _annotation(family, targets, points, width=160, height=80):
-    return {"family": family, "targets": targets, "width": width, "height": height,
-            "objects": [{"point": list(p)} for p in points]}
+    objects = [{"point": list(p), "colour": colour, "shape": shape}
+               for p, (colour, shape) in zip(points, [("red", "star"), ("blue", "heart")])]
+    return {"family": family, "targets": targets, "width": width, "height": height, "objects": objects}
 
 
-def test_cell_split_and_family_scores(tmp_path):
+def test_answer_breakdown_and_family_scores(tmp_path):
     benchmark = _load_benchmark()
     # 160x80 image, 8x8 grid: a cell is 20 px wide and 10 px high, so pixel (65, 35) lies in cell (3, 3)
     annotations = {
@@ -39,6 +41,10 @@ def test_cell_split_and_family_scores(tmp_path):
          "union": 10, "seg_count": 1, "has_target": True},
         {"id": "b", "mode": "generate", "answer": "The blue heart at (7, 7) [SEG].", "iou": 0.7, "intersection": 7,
          "union": 10, "seg_count": 1, "has_target": True},
+        {"id": "a", "mode": "generate", "answer": "The blue heart at (2, 4) [SEG].", "iou": 0.3, "intersection": 3,
+         "union": 10, "seg_count": 1, "has_target": True},
+        {"id": "a", "mode": "generate", "answer": "There is no star.", "iou": 0.0, "intersection": 0,
+         "union": 10, "seg_count": 0, "has_target": True},
         {"id": "c", "mode": "generate", "answer": "At (3, 3) [SEG] and (0, 0) [SEG].", "iou": 0.5, "intersection": 5,
          "union": 10, "seg_count": 2, "has_target": True},
         {"id": "d", "mode": "generate", "answer": "There is no green circle.", "iou": 1.0, "intersection": 0,
@@ -49,11 +55,15 @@ def test_cell_split_and_family_scores(tmp_path):
     per_sample = tmp_path / "per_sample.jsonl"
     per_sample.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    split = benchmark.cell_split(per_sample, tmp_path)
-    assert split["right cell"]["n"] == 2 and abs(split["right cell"]["giou"] - 0.8) < 1e-9
-    assert split["wrong cell"]["n"] == 1 and abs(split["wrong cell"]["giou"] - 0.1) < 1e-9
+    kinds = benchmark.answer_breakdown(per_sample, tmp_path)
+    assert sum(kind["n"] for kind in kinds.values()) == 5  # single-target, generate mode
+    assert kinds["target, its cell"]["n"] == 2 and abs(kinds["target, its cell"]["giou"] - 0.8) < 1e-9
+    assert kinds["target, cell further"]["n"] == 1 and kinds["target, cell further"]["giou"] == 0.1  # (3, 3) vs (7, 7)
+    assert kinds["other object, one off"]["n"] == 1 and kinds["other object, one off"]["giou"] == 0.3  # (2, 4)
+    assert kinds["denied (no [SEG])"]["n"] == 1 and kinds["denied (no [SEG])"]["share"] == 0.2
+    assert kinds["target, cell one off"]["n"] == kinds["other object, target's cell"]["n"] == 0
 
     scores = benchmark.family_scores(per_sample, tmp_path)
-    assert scores["all with a target"]["n"] == 4  # the lisa-mode record and the no-target one are left out
-    assert abs(scores["all with a target"]["ciou"] - 22 / 40) < 1e-9
+    assert scores["all with a target"]["n"] == 6  # the lisa-mode record and the no-target one are left out
+    assert abs(scores["all with a target"]["ciou"] - 25 / 60) < 1e-9
     assert scores["no_target"]["no_seg"] == 1.0 and scores["spatial"]["n"] == 2
