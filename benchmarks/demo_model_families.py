@@ -68,20 +68,24 @@ ANSWER_KINDS = ("target, its cell", "target, cell one off", "target, cell furthe
                 "denied (no [SEG])", "not one cell")
 
 
-def answer_kind(record: dict, annotation: dict) -> str:
-    """Which of ``ANSWER_KINDS`` a single-target answer is: whether its words give the target's colour and shape,
-    and how far its one "(column, row)" is from the target's cell (the cell of the target's innermost point)."""
-    if record["seg_count"] == 0:
-        return "denied (no [SEG])"
-    cells = ANSWER_CELL.findall(record["answer"])
-    if len(cells) != 1:
-        return "not one cell"
+def read_grounding(answer: str, annotation: dict) -> tuple[bool, list[int]]:
+    """For a single-target query: whether the answer's words give the target's colour and shape, and for each
+    "(column, row)" it names, how many cells that is from the target's cell (the cell of its innermost point;
+    Chebyshev distance, 0 = the target's own cell)."""
     target = annotation["objects"][annotation["targets"][0]]
     column, row = point_cell(target["point"], annotation["width"], annotation["height"])
-    off = max(abs(int(cells[0][0]) - column), abs(int(cells[0][1]) - row))
-    if target["colour"] in record["answer"] and target["shape"] in record["answer"]:
-        return ANSWER_KINDS[min(off, 2)]
-    return ANSWER_KINDS[3 + min(off, 2)]
+    offsets = [max(abs(int(c) - column), abs(int(r) - row)) for c, r in ANSWER_CELL.findall(answer)]
+    return target["colour"] in answer and target["shape"] in answer, offsets
+
+
+def answer_kind(record: dict, annotation: dict) -> str:
+    """Which of ``ANSWER_KINDS`` a single-target answer is (:func:`read_grounding` of its one cell)."""
+    if record["seg_count"] == 0:
+        return "denied (no [SEG])"
+    named, offsets = read_grounding(record["answer"], annotation)
+    if len(offsets) != 1:
+        return "not one cell"
+    return ANSWER_KINDS[(0 if named else 3) + min(offsets[0], 2)]
 
 
 def answer_breakdown(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
@@ -112,6 +116,7 @@ def main() -> None:
     print(f"single-target answers: {sum(kind['n'] for kind in breakdown.values())}")
     for kind, b in breakdown.items():
         print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+
 
 if __name__ == "__main__":
     main()

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from demo_model_families import ANSWER_CELL  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
-from reasonseg.data.toy_world.queries import point_cell
+from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 from reasonseg.inference.segmenter import Segmenter
 
 PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
@@ -39,18 +38,15 @@ def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None) -> di
         annotation = json.loads(path.read_text())
         if len(annotation["targets"]) != 1 or annotation["family"] not in PROBED_FAMILIES:
             continue
-        target = annotation["objects"][annotation["targets"][0]]
         image = Image.open(path.with_suffix(".png")).convert("RGB")
         answer = segmenter.predict(image, stage_two_question(annotation["text"][0]), max_new_tokens=40).text
-        truth = point_cell(target["point"], annotation["width"], annotation["height"])
-        cells = [(int(c), int(r)) for c, r in ANSWER_CELL.findall(answer)]
-        named = target["colour"] in answer and target["shape"] in answer
-        right_cell = bool(cells) and cells[0] == truth
+        named, offsets = read_grounding(answer, annotation)
+        right_cell = bool(offsets) and offsets[0] == 0
         asked += 1
         counts["names target"] += named
         counts["names its cell"] += right_cell
         counts["both"] += named and right_cell
-        counts["cell within one"] += bool(cells) and max(abs(cells[0][0] - truth[0]), abs(cells[0][1] - truth[1])) <= 1
+        counts["cell within one"] += bool(offsets) and offsets[0] <= 1
     return {"queries": asked, **{name: count / max(asked, 1) for name, count in counts.items()}}
 
 
