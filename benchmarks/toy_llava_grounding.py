@@ -29,6 +29,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalG
 
 from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
+from reasonseg.data.toy_world.turns import objects_alone_in_their_cell, referring_queries, referring_turn, region_turn
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
     TRAINING_AIDS_FILE,
@@ -39,10 +40,6 @@ from reasonseg.training.vlm_pretrain import (
     is_training_aid,
     llava_forward,
     load_vlm_pretrain_config,
-    objects_alone_in_their_cell,
-    referring_queries,
-    referring_turn,
-    region_turn,
     target_patch_labels,
 )
 

@@ -131,7 +131,7 @@ class ToyWorldSource:
     @staticmethod
     def _draw_language(sample, rng: random.Random, max_conversations: int) -> TrainingSample:
         """Turns that ask no mask: the world's question-answer pairs and "What is at (3, 6)?" region turns."""
-        from .vlm_pretrain import REGION_QUESTIONS, objects_alone_in_their_cell, region_turn
+        from ..data.toy_world.turns import REGION_QUESTIONS, objects_alone_in_their_cell, region_turn
 
         turns = [(pair.question, pair.answer) for pair in sample.qa]
         turns += [region_turn(cell, obj, rng.choice(REGION_QUESTIONS)) for cell, obj in objects_alone_in_their_cell(sample)]

@@ -38,6 +38,14 @@ from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
 from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
+from ..data.toy_world.turns import (
+    REGION_QUESTIONS,
+    objects_alone_in_their_cell,
+    referring_queries,
+    referring_question,
+    referring_turn,
+    region_turn,
+)
 from ..errors import InputError
 from ..modeling.image_attention import check_image_attention, decoder_attention_mask
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
@@ -54,9 +62,6 @@ from .trainer import (
 )
 
 FINAL_MODEL_DIR = "model"
-REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
-
-
 @dataclass
 class VlmPretrainConfig:
     output_dir: str = "runs/toy_llava"
@@ -193,34 +198,7 @@ def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrai
     return turns, targets
 
 
-def referring_queries(sample) -> list:
-    """The sample's queries a referring turn can ask: one target, not the explanatory family."""
-    return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
-
-
 ABSENT = "absent"  # the target of a referring turn about an object the scene lacks
-
-
-def referring_question(query) -> str:
-    return query.text if query.is_sentence else f"Which shape is {query.text}?"
-
-
-def referring_turn(sample, query) -> tuple[str, str]:
-    """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
-    target = sample.objects[query.targets[0]]
-    column, row = grid_cell(target, sample.width, sample.height)
-    return referring_question(query), f"It is the {target.describe(with_size=True)} at ({column}, {row})."
-
-
-def objects_alone_in_their_cell(sample) -> list[tuple[tuple[int, int], object]]:
-    """``((column, row), object)`` for each object whose grid cell holds no other object's innermost point."""
-    cells = [grid_cell(obj, sample.width, sample.height) for obj in sample.objects]
-    return [(cell, obj) for cell, obj in zip(cells, sample.objects) if cells.count(cell) == 1]
-
-
-def region_turn(cell: tuple[int, int], obj, question_template: str = REGION_QUESTIONS[0]) -> tuple[str, str]:
-    """("What is at (3, 6)?", "It is the small red star.")."""
-    return question_template.format(place=f"({cell[0]}, {cell[1]})"), f"It is the {obj.describe(with_size=True)}."
 
 
 def _init_tokenizer_dir(init_from: Path) -> Path:

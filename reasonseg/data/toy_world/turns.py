@@ -1,0 +1,41 @@
+"""Question-answer turns about a scene that ask for no mask but for a place: what stage 2 (the toy LLaVA) learns
+grounding from, and what stage 3 can keep mixing in.
+
+* referring turns: "Which shape is the red star?" -> "It is the small red star at (3, 6).", the target's cell of the
+  answers' grounding grid;
+* region turns, the other way round: "What is at (3, 6)?" -> "It is the small red star.", asked only of a cell that
+  one object holds.
+"""
+
+from __future__ import annotations
+
+from .queries import grid_cell
+
+REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
+
+
+def referring_queries(sample) -> list:
+    """The sample's queries a referring turn can ask: one target, not the explanatory family."""
+    return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
+
+
+def referring_question(query) -> str:
+    return query.text if query.is_sentence else f"Which shape is {query.text}?"
+
+
+def referring_turn(sample, query) -> tuple[str, str]:
+    """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
+    target = sample.objects[query.targets[0]]
+    column, row = grid_cell(target, sample.width, sample.height)
+    return referring_question(query), f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+
+
+def objects_alone_in_their_cell(sample) -> list[tuple[tuple[int, int], object]]:
+    """``((column, row), object)`` for each object whose grid cell holds no other object's innermost point."""
+    cells = [grid_cell(obj, sample.width, sample.height) for obj in sample.objects]
+    return [(cell, obj) for cell, obj in zip(cells, sample.objects) if cells.count(cell) == 1]
+
+
+def region_turn(cell: tuple[int, int], obj, question_template: str = REGION_QUESTIONS[0]) -> tuple[str, str]:
+    """("What is at (3, 6)?", "It is the small red star.")."""
+    return question_template.format(place=f"({cell[0]}, {cell[1]})"), f"It is the {obj.describe(with_size=True)}."
