@@ -285,6 +285,21 @@ def test_build_from_plain_causal_lm_with_vision_tower(parts, tmp_path):
         build_model(root / "llama", root / "sam_hf")
 
 
+def test_seg_token_takes_the_space_before_it_and_answers_decode_with_it(parts, tmp_path):
+    out, _ = build_checkpoint(parts["root"] / "llava_hf", parts["root"] / "sam_hf", tmp_path / "built")
+    from reasonseg.checkpoints.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(out), device="cpu")
+    tokenizer = processor.tokenizer
+    seg_id = model.config.seg_token_id
+    with_seg = tokenizer.encode("It is at (3, 6) [SEG].", add_special_tokens=False)
+    without = tokenizer.encode("It is at (3, 6).", add_special_tokens=False)
+    # as under LISA's tokenizer: no lone space token between ")" and [SEG], one token more than the answer without it
+    assert with_seg == without[:-1] + [seg_id] + without[-1:]
+    assert processor.decode(with_seg) == "It is at (3, 6) [SEG]."
+    assert processor.decode(tokenizer.encode("[SEG] and [SEG]", add_special_tokens=False)) == "[SEG] and [SEG]"
+
+
 @pytest.mark.slow
 def test_cli_build_writes_a_loadable_checkpoint_and_auto_classes_load_it(parts, tmp_path, capsys):
     root = parts["root"]

@@ -116,7 +116,7 @@ def build_model(
     from ..modeling.seg_projection import SegProjection
     from ..processing.conversation import IMAGE_END_TOKEN, IMAGE_START_TOKEN, get_template
     from ..processing.processing_reasonseg import ProcessorSettings, ReasonSegProcessor
-    from ..processing.tokenization import add_tokens
+    from ..processing.tokenization import add_seg_token, add_tokens
     from .materialize import assign_state_dict, build_on_meta
 
     vlm_dir = locate_checkpoint(vlm)
@@ -178,7 +178,7 @@ def build_model(
     tokenizer = parts.tokenizer
     im_start_end = parts.use_im_start_end if use_im_start_end is None else bool(use_im_start_end)
     before = len(tokenizer)
-    (seg_id,) = add_tokens(tokenizer, ["[SEG]"])
+    seg_id = add_seg_token(tokenizer)
     added = {"[SEG]": seg_id}
     if im_start_end:
         start_id, end_id = add_tokens(tokenizer, [IMAGE_START_TOKEN, IMAGE_END_TOKEN], special=True)

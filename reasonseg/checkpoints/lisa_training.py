@@ -147,7 +147,7 @@ def convert_lisa_training_weights(
     from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
     from ..processing.conversation import IMAGE_END_TOKEN, IMAGE_START_TOKEN, get_template
     from ..processing.processing_reasonseg import ProcessorSettings, ReasonSegProcessor
-    from ..processing.tokenization import add_tokens
+    from ..processing.tokenization import add_seg_token, add_tokens
     from .build import (
         BUILD_INFO_NAME,
         _load_tokenizer,
@@ -208,7 +208,7 @@ def convert_lisa_training_weights(
 
     style = tokenizer_style_for(source, "llama")
     tokenizer = _load_tokenizer(source, style)
-    (seg_id,) = add_tokens(tokenizer, ["[SEG]"])
+    seg_id = add_seg_token(tokenizer)
     added = {"[SEG]": seg_id}
     if use_im_start_end:
         start_id, end_id = add_tokens(tokenizer, [IMAGE_START_TOKEN, IMAGE_END_TOKEN], special=True)

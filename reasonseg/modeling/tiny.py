@@ -9,7 +9,7 @@ import torch
 from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 from ..processing.processing_reasonseg import ProcessorSettings, ReasonSegProcessor
-from ..processing.tokenization import add_tokens, train_byte_level_bpe
+from ..processing.tokenization import add_seg_token, train_byte_level_bpe
 from .configuration_reasonseg import ReasonSegConfig
 from .modeling_reasonseg import ReasonSegForCausalLM
 
@@ -28,7 +28,7 @@ def build_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
     )
-    add_tokens(tokenizer, ["[SEG]"])
+    add_seg_token(tokenizer)
     return tokenizer
 
 

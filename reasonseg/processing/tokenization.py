@@ -12,6 +12,7 @@ Two styles:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from transformers import AddedToken, AutoTokenizer, PreTrainedTokenizerBase
@@ -54,6 +55,18 @@ def add_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str], special: b
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
+def add_seg_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add ``[SEG]`` (if missing) so that it takes the space before it, and return its id.
+
+    "... at (3, 6) [SEG]." then ends ``")", "[SEG]", "."`` as under LISA's tokenizer, instead of ``")", " ", "[SEG]"``:
+    a byte-level BPE would otherwise put a lone space token before every ``[SEG]``, one more new token to learn.
+    """
+    if "[SEG]" not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken("[SEG]", lstrip=True, rstrip=False, normalized=False, special=False)])
+    (seg_id,) = add_tokens(tokenizer, ["[SEG]"])
+    return seg_id
+
+
 def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
     """Id of ``token`` in the vocabulary, or None when absent."""
     return tokenizer.get_vocab().get(token)
@@ -82,7 +95,7 @@ def decode_answer(tokenizer: PreTrainedTokenizerBase, ids: list[int], style: str
     special = set(tokenizer.all_special_ids)
     ids = [i for i in ids if i not in special and i >= 0]
     if style != "llama_legacy":
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return _space_before_stripping_tokens(tokenizer, tokenizer.decode(ids, skip_special_tokens=True)).strip()
     added = {i for i, t in tokenizer.added_tokens_decoder.items() if not t.special}
     # sentencepiece itself decodes byte-fallback pieces (<0x70>) the way the original tokenizer did
     decode_run = tokenizer.sp_model.decode
@@ -113,3 +126,11 @@ def train_byte_level_bpe(corpus: list[str], vocab_size: int, special_tokens: lis
     )
     backend.train_from_iterator(corpus, trainer)
     return backend
+
+
+def _space_before_stripping_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """Give back the space an added token with ``lstrip`` swallowed when encoding: "(3, 6)[SEG]" -> "(3, 6) [SEG]"."""
+    for token in tokenizer.added_tokens_decoder.values():
+        if token.lstrip and not token.special:
+            text = re.sub(rf"(?<=\S){re.escape(token.content)}", " " + token.content, text)
+    return text
