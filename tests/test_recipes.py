@@ -84,6 +84,40 @@ def test_lora_lr_puts_the_adapters_in_their_own_group(tiny):
         build_optimizer(torch.nn.Linear(2, 2), config)
 
 
+def test_lora_start_step_keeps_the_adapters_still_until_then_and_warms_them_up_from_there(tiny):
+    from reasonseg.errors import InputError
+
+    model, processor = tiny
+    config = load_training_config(ROOT / "configs" / RECIPES[0], ["lora_start_step=20", "warmup_steps=10",
+                                                                 "steps_per_epoch=100", "epochs=1"])
+    peft_model = prepare_for_training(model, config, trainable_token_ids(processor))
+    optimizer, scheduler = build_optimizer(peft_model, config)
+    rest, lora = optimizer.param_groups
+    names = {id(p): name for name, p in peft_model.named_parameters()}
+    assert lora["params"] and all("lora_" in names[id(p)] for p in lora["params"])
+    before = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
+    seen = []
+    for step in range(100):
+        seen.append(scheduler.get_last_lr())
+        if step == 5:  # an update with a gradient on every trained tensor: only the non-LoRA ones move
+            for p in peft_model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.ones_like(p)
+            optimizer.step()
+            moved = {name for name, p in peft_model.named_parameters() if p.requires_grad
+                     and not torch.equal(p, before[name])}
+        scheduler.step()
+    peak = config.lr
+    assert all(lora_lr == 0 for _, lora_lr in seen[:21])
+    assert seen[25][1] == pytest.approx(peak * 0.5) and seen[30][1] == pytest.approx(peak)
+    assert seen[65][1] == pytest.approx(peak * 0.5)  # then linear decay to 0 at the last step
+    assert seen[10][0] == pytest.approx(peak) and seen[55][0] == pytest.approx(peak * 0.5)  # the rest as before
+    assert moved and not any("lora_" in name for name in moved)
+    assert any("mask_decoder" in name for name in moved)
+    with pytest.raises(InputError, match="lora_start_step"):
+        load_training_config(ROOT / "configs" / RECIPES[0], ["lora_start_step=100", "steps_per_epoch=100", "epochs=1"])
+
+
 def test_lora_and_loss_weights_reach_the_model(recipe, tiny):
     model, processor = tiny
     peft_model = prepare_for_training(model, recipe, trainable_token_ids(processor))

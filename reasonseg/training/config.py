@@ -48,6 +48,9 @@ class TrainingConfig:
     # learning rate of the LoRA adapters only (None: lr); the mask decoder, text_hidden_fcs and new token rows keep lr,
     # so a small LM can keep what its own pre-training taught while the new parts learn fast
     lora_lr: float | None = None
+    # the LoRA adapters stay still until this step (their own warm-up starts there), while the [SEG] projection, the
+    # mask decoder and the new token rows learn to read the LM as it is: their first, random gradients do not reach it
+    lora_start_step: int = 0
     warmup_steps: int = 100
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -142,6 +145,9 @@ def _validate(config: TrainingConfig) -> None:
             raise InputError(f"training config {name}: {getattr(config, name)} must be at least 1")
     if config.lora_lr is not None and config.lora_lr <= 0:
         raise InputError(f"training config lora_lr: {config.lora_lr} must be above 0 (or left out to use lr)")
+    if not 0 <= config.lora_start_step < config.total_steps:
+        raise InputError(f"training config lora_start_step: {config.lora_start_step} must be 0 or more and below the "
+                         f"run's {config.total_steps} steps")
     if config.val_every < 0:
         raise InputError(f"training config val_every: {config.val_every} must be 0 (only at the end) or more")
     if config.val_max_samples is not None and config.val_max_samples < 1:

@@ -45,27 +45,33 @@ CONFIG_FILE = "training_config.json"
 RUN_INFO_FILE = "run.json"
 
 
-def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
-    """LISA's schedule: linear warm-up from 0 to the peak, then linear decay to 0 at the last step."""
+def warmup_then_linear_decay(warmup_steps: int, total_steps: int, start_step: int = 0):
+    """LISA's schedule: linear warm-up from 0 to the peak, then linear decay to 0 at the last step; 0 before
+    ``start_step``, where the warm-up then begins."""
 
     def factor(step: int) -> float:
+        if step < start_step:
+            return 0.0
+        step -= start_step
         if warmup_steps and step < warmup_steps:
             return step / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return max(0.0, (total_steps - start_step - step) / max(1, total_steps - start_step - warmup_steps))
 
     return factor
 
 
 def parameter_groups(model, config: TrainingConfig) -> list[dict]:
-    """One group at ``lr``; with ``lora_lr`` set, the LoRA adapters form a second group at that rate."""
+    """One group at ``lr``; with ``lora_lr`` or ``lora_start_step`` set, the LoRA adapters form a second group (at
+    ``lora_lr``, else ``lr``)."""
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if config.lora_lr is None:
+    if config.lora_lr is None and not config.lora_start_step:
         return [{"params": [p for _, p in trained]}]
     lora = [p for name, p in trained if "lora_" in name]
     if not lora:
-        raise InputError("training config sets lora_lr but the model has no trained LoRA adapters; leave lora_lr out")
+        raise InputError("training config sets lora_lr or lora_start_step but the model has no trained LoRA adapters; "
+                         "leave them out")
     rest = [p for name, p in trained if "lora_" not in name]
-    return [{"params": rest}, {"params": lora, "lr": config.lora_lr}]
+    return [{"params": rest}, {"params": lora, "lr": config.lora_lr or config.lr}]
 
 
 def build_optimizer(model, config: TrainingConfig):
@@ -76,9 +82,10 @@ def build_optimizer(model, config: TrainingConfig):
         optimizer = torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
     else:
         raise InputError(f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_then_linear_decay(config.warmup_steps, config.total_steps)
-    )
+    schedules = [warmup_then_linear_decay(config.warmup_steps, config.total_steps)]
+    if len(parameters) == 2:
+        schedules.append(warmup_then_linear_decay(config.warmup_steps, config.total_steps, config.lora_start_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     return optimizer, scheduler
 
 
