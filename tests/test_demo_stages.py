@@ -324,6 +324,28 @@ def test_toy_world_language_subset_gives_stage_two_turns_without_masks():
         ToyWorldSource("train", "qa||attribute")
 
 
+def test_toy_world_referring_subset_gives_stage_two_referring_turns_without_masks():
+    import random
+
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.turns import referring_queries
+    from reasonseg.training.datasets import ToyWorldSource
+
+    source = ToyWorldSource("train", "referring")
+    for index in range(6):
+        drawn = source.draw(index, random.Random(index), 3)
+        sample = generate_sample(split_seed("train", index))
+        assert drawn.masks.shape == (0, sample.height, sample.width)
+        asked = {q.text if q.is_sentence else f"Which shape is {q.text}?": q for q in referring_queries(sample)}
+        assert 1 <= len(drawn.conversations) <= 3
+        for (question, answer), in drawn.conversations:
+            target = sample.objects[asked[question].targets[0]]
+            column, row = grid_cell(target, sample.width, sample.height)
+            assert answer == f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+    with pytest.raises(InputError, match="stands alone"):
+        ToyWorldSource("train", "referring||attribute")
+
+
 def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     """Stage 3 as the card says: `reasonseg build` on the two stage outputs, then `reasonseg train` with
     configs/demo/reasoning.yaml on the generated world; the mask loss is computed and the run exports."""
@@ -340,9 +362,12 @@ def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     assert processor.settings.image_placement == "after_text"
     assert json.loads((built / "config.json").read_text())["image_attention"] == "bidirectional"
     assert processor.conversation_prompt([("Segment the red circle.", None)]).count("Segment the red circle.\n<image>") == 1
-    assert main(["train", "--config", "configs/demo/reasoning.yaml", f"model={built}", f"output_dir={run}",
-                 "steps_per_epoch=2", "batch_size=2", "conversations_per_image=2", "save_every=2", "log_every=1",
-                 "val_data=null", "val_every=0", "warmup_steps=1", "precision=fp32"]) == 0  # one process: one precision
+    stage_three = ["train", "--config", "configs/demo/reasoning.yaml", f"model={built}", f"output_dir={run}",
+                   "steps_per_epoch=2", "batch_size=2", "conversations_per_image=2", "save_every=2", "log_every=1",
+                   "val_data=null", "val_every=0", "warmup_steps=1", "precision=fp32"]  # one process: one precision
+    assert main([*stage_three, "--stop-after", "1"]) == 0  # the same flag as the pre-training stages
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert main([*stage_three, "--resume"]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r.get("event") == "train"]
     assert len(steps) == 2 and all(r["mask_bce"] > 0 and r["ce"] > 0 for r in steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,6 +87,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(workspace):
     whole = train(_config(workspace, "whole", steps_per_epoch=6, save_every=3), progress=False)
     _ = train(_config(workspace, "split", steps_per_epoch=6, save_every=3), stop_after=4, progress=False)
     assert (workspace / "split" / "checkpoint-3").is_dir() and not (workspace / "split" / "checkpoint-6").exists()
+    # a clean stop saves its step; a kill after step 4 would not have: take it away to resume from checkpoint-3
+    shutil.rmtree(workspace / "split" / "checkpoint-4")
     (workspace / "split" / ".tmp-checkpoint-5").mkdir()  # a crash mid-write leaves this; it must be ignored
     split = train(_config(workspace, "split", steps_per_epoch=6, save_every=3), resume=True, progress=False)
     a = torch.load(whole / "checkpoint-6" / STATE_FILE, weights_only=True)

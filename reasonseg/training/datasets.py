@@ -85,7 +85,10 @@ class ReasonSegSource:
         return TrainingSample(image, conversations, all_masks, source=str(sample.json_path))
 
 
-LANGUAGE_SUBSET = "qa"
+# subsets that ask for no mask (CE only), kept in stage 3 as LISA keeps LLaVA's VQA data: "qa", stage 2's question
+# answering and region turns; "referring", stage 2's referring turns ("Which shape is the red star?" -> "It is the
+# small red star at (3, 6).")
+LANGUAGE_SUBSETS = ("qa", "referring")
 
 
 class ToyWorldSource:
@@ -101,10 +104,10 @@ class ToyWorldSource:
             raise InputError(f"toy_world path {split!r} should name a split: {', '.join(SPLIT_OFFSETS)}")
         self.split, self.size = split, SPLIT_SIZE
         self.families = families.split("||") if isinstance(families, str) else families
-        # subsets "qa": stage 2's language turns (no masks, CE only), kept in stage 3 as LISA keeps LLaVA's VQA data
-        self.language_only = self.families is not None and LANGUAGE_SUBSET in self.families
-        if self.language_only and len(self.families) > 1:
-            raise InputError(f"toy_world subsets {LANGUAGE_SUBSET!r} stands alone: give it its own dataset entry")
+        language = [name for name in self.families or () if name in LANGUAGE_SUBSETS]
+        self.language_subset = language[0] if language else None
+        if language and len(self.families) > 1:
+            raise InputError(f"toy_world subsets {language[0]!r} stands alone: give it its own dataset entry")
 
     def __len__(self) -> int:
         return self.size
@@ -112,8 +115,13 @@ class ToyWorldSource:
     def draw(self, index: int, rng: random.Random, max_conversations: int) -> TrainingSample:
         from ..data.toy_world import generate_sample, split_seed
 
-        if self.language_only:
-            return self._draw_language(generate_sample(split_seed(self.split, index)), rng, max_conversations)
+        if self.language_subset:
+            sample = generate_sample(split_seed(self.split, index))
+            turns = self._language_turns(sample, rng)
+            chosen = rng.sample(turns, min(max_conversations, len(turns)))
+            empty = np.zeros((0, sample.height, sample.width), np.uint8)
+            return TrainingSample(Image.fromarray(sample.image), [[turn] for turn in chosen], empty,
+                                  source=f"toy_world:{sample.seed}")
         sample = generate_sample(split_seed(self.split, index), families=self.families)
         queries = rng.sample(sample.queries, min(max_conversations, len(sample.queries)))
         conversations, masks = [], []
@@ -128,17 +136,21 @@ class ToyWorldSource:
         stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
 
-    @staticmethod
-    def _draw_language(sample, rng: random.Random, max_conversations: int) -> TrainingSample:
-        """Turns that ask no mask: the world's question-answer pairs and "What is at (3, 6)?" region turns."""
-        from ..data.toy_world.turns import REGION_QUESTIONS, objects_alone_in_their_cell, region_turn
+    def _language_turns(self, sample, rng: random.Random) -> list[tuple[str, str]]:
+        from ..data.toy_world.turns import (
+            REGION_QUESTIONS,
+            objects_alone_in_their_cell,
+            referring_queries,
+            referring_turn,
+            region_turn,
+        )
 
+        if self.language_subset == "referring":
+            return [referring_turn(sample, query) for query in referring_queries(sample)] or [
+                (pair.question, pair.answer) for pair in sample.qa]  # a scene with no one-target query
         turns = [(pair.question, pair.answer) for pair in sample.qa]
-        turns += [region_turn(cell, obj, rng.choice(REGION_QUESTIONS)) for cell, obj in objects_alone_in_their_cell(sample)]
-        chosen = rng.sample(turns, min(max_conversations, len(turns)))
-        empty = np.zeros((0, sample.height, sample.width), np.uint8)
-        return TrainingSample(Image.fromarray(sample.image), [[turn] for turn in chosen], empty,
-                              source=f"toy_world:{sample.seed}")
+        return turns + [region_turn(cell, obj, rng.choice(REGION_QUESTIONS))
+                        for cell, obj in objects_alone_in_their_cell(sample)]
 
 
 def per_seg_masks(json_path, label_map: np.ndarray, num_seg: int) -> np.ndarray:

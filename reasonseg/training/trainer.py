@@ -375,12 +375,13 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
                 rate = micro * config.batch_size * accelerator.num_processes / max(time.time() - started, 1e-9)
                 bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in last_log.items() if k != "event") + f" samples/s={rate:.1f}")
-        if is_main and (step % config.save_every == 0 or step == config.total_steps):
+        stopping = stop_after is not None and step >= stop_after  # saved too, so --resume goes on from this step
+        if is_main and (step % config.save_every == 0 or step == config.total_steps or stopping):
             save_checkpoint(output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, config)
         last = step >= config.total_steps
         if val_set is not None and ((config.val_every and step % config.val_every == 0) or last):
             run_validation(step)
-        if last or (stop_after is not None and step >= stop_after):
+        if last or stopping:
             break
     bar.close()
     board.close()
