@@ -115,24 +115,22 @@ class ToyWorldSource:
     def draw(self, index: int, rng: random.Random, max_conversations: int) -> TrainingSample:
         from ..data.toy_world import generate_sample, split_seed
 
+        conversations, masks = [], []
         if self.language_subset:
             sample = generate_sample(split_seed(self.split, index))
             turns = self._language_turns(sample, rng)
-            chosen = rng.sample(turns, min(max_conversations, len(turns)))
-            empty = np.zeros((0, sample.height, sample.width), np.uint8)
-            return TrainingSample(Image.fromarray(sample.image), [[turn] for turn in chosen], empty,
-                                  source=f"toy_world:{sample.seed}")
-        sample = generate_sample(split_seed(self.split, index), families=self.families)
-        queries = rng.sample(sample.queries, min(max_conversations, len(sample.queries)))
-        conversations, masks = [], []
-        for query in queries:
-            text = rng.choice([query.text, *query.alternatives])
-            if query.is_sentence:
-                question = rng.choice([question_for(text, True, rng), f"{text} Please output segmentation mask.", text])
-            else:
-                question = rng.choice([question_for(text, False, rng), text])
-            conversations.append([(question, query.answer)])
-            masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
+            conversations = [[turn] for turn in rng.sample(turns, min(max_conversations, len(turns)))]
+        else:
+            sample = generate_sample(split_seed(self.split, index), families=self.families)
+            for query in rng.sample(sample.queries, min(max_conversations, len(sample.queries))):
+                text = rng.choice([query.text, *query.alternatives])
+                if query.is_sentence:
+                    question = rng.choice([question_for(text, True, rng), f"{text} Please output segmentation mask.",
+                                           text])
+                else:
+                    question = rng.choice([question_for(text, False, rng), text])
+                conversations.append([(question, query.answer)])
+                masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
         stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
 

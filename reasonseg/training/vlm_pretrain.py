@@ -62,6 +62,8 @@ from .trainer import (
 )
 
 FINAL_MODEL_DIR = "model"
+
+
 @dataclass
 class VlmPretrainConfig:
     output_dir: str = "runs/toy_llava"
