@@ -10,7 +10,9 @@ referring turns use ("Which shape is the red star?", or the query itself when it
 of answers whose words give the target's colour and shape, whose first "(column, row)" is the target's grid cell
 (the cell of its innermost point), both, and a cell within one of it. The same question fits a stage-2 build (which
 answers "It is the small red star at (3, 6).") and a stage-3 model (which adds [SEG]), so the two can be compared:
-how much of stage 2's grounding stage 3 keeps (docs/demo_model.md, session 11).
+how much of stage 2's grounding stage 3 keeps (docs/demo_model.md, session 11). `--question eval` asks instead what
+`reasonseg eval` asks ("What is the red star in this image? Please output segmentation mask."), to tell the question's
+wording apart from the answer's.
 """
 
 from __future__ import annotations
@@ -22,16 +24,24 @@ from pathlib import Path
 from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
+from reasonseg.evaluation.runner import SENTENCE_QUESTION, SHORT_QUESTION
 from reasonseg.inference.segmenter import Segmenter
 
 PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
 
 
-def stage_two_question(text: str) -> str:
-    return text if text.rstrip().endswith(("?", ".")) else f"Which shape is {text}?"
+def stage_two_question(text: str, is_sentence: bool) -> str:
+    return text if is_sentence else f"Which shape is {text}?"
 
 
-def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None) -> dict[str, float]:
+def eval_question(text: str, is_sentence: bool) -> str:
+    return (SENTENCE_QUESTION if is_sentence else SHORT_QUESTION).format(text=text.strip())
+
+
+QUESTION_FORMS = {"stage2": stage_two_question, "eval": eval_question}
+
+
+def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=stage_two_question) -> dict[str, float]:
     counts = {"names target": 0, "names its cell": 0, "both": 0, "cell within one": 0}
     asked = 0
     for path in sorted(split_dir.glob("*.json"))[:limit]:
@@ -39,7 +49,7 @@ def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None) -> di
         if len(annotation["targets"]) != 1 or annotation["family"] not in PROBED_FAMILIES:
             continue
         image = Image.open(path.with_suffix(".png")).convert("RGB")
-        answer = segmenter.predict(image, stage_two_question(annotation["text"][0]), max_new_tokens=40).text
+        answer = segmenter.predict(image, question(annotation["text"][0], annotation["is_sentence"]), max_new_tokens=40).text
         named, offsets = read_grounding(answer, annotation)
         right_cell = bool(offsets) and offsets[0] == 0
         asked += 1
@@ -55,9 +65,12 @@ def main() -> None:
     parser.add_argument("model", help="a reasonseg model folder (a `reasonseg build` output or an exported stage 3)")
     parser.add_argument("split_dir", type=Path, help="a split written by `reasonseg world generate`")
     parser.add_argument("--limit", type=int, default=None, help="read only the first N query files")
+    parser.add_argument("--question", choices=sorted(QUESTION_FORMS), default="stage2",
+                        help="ask as stage 2's referring turns do (default) or as `reasonseg eval` does")
     args = parser.parse_args()
-    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit)
-    print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}")
+    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit, QUESTION_FORMS[args.question])
+    print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}, "
+          f"asked the {args.question} way")
     for name, share in scores.items():
         print(f"  {name:<16} {share:.3f}")
 

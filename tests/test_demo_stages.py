@@ -346,6 +346,47 @@ def test_toy_world_referring_subset_gives_stage_two_referring_turns_without_mask
         ToyWorldSource("train", "referring||attribute")
 
 
+def test_toy_world_referring_answer_style_adds_only_seg_to_the_referring_turns_words():
+    import random
+
+    from reasonseg.data.toy_world.turns import referring_turn
+    from reasonseg.training.config import load_training_config
+    from reasonseg.training.datasets import ToyWorldSource, make_source
+
+    varied, referring = ToyWorldSource("train"), ToyWorldSource("train", None, "referring")
+    seen = {"single": 0, "explanatory": 0, "kept": 0}
+    for index in range(12):
+        drawn_varied = varied.draw(index, random.Random(index), 3)
+        drawn = referring.draw(index, random.Random(index), 3)
+        # same queries, same masks, same questions: only one-target answers change
+        assert np.array_equal(drawn.masks, drawn_varied.masks)
+        sample = generate_sample(split_seed("train", index))
+        by_answer = {q.answer: q for q in sample.queries}
+        for [(question, answer)], [(question_varied, answer_varied)] in zip(drawn.conversations, drawn_varied.conversations):
+            assert question == question_varied
+            query = by_answer[answer_varied]
+            if len(query.targets) != 1 or query.family == "multi_target":
+                assert answer == answer_varied
+                seen["kept"] += 1
+                continue
+            said = referring_turn(sample, query)[1]  # "It is the small red star at (3, 6)."
+            if query.family == "explanatory":
+                assert answer == f"{said[:-1]} [SEG]. {query.reason}"
+                seen["explanatory"] += 1
+            else:
+                assert answer == f"{said[:-1]} [SEG]."
+                seen["single"] += 1
+    assert all(seen.values()), seen
+    with pytest.raises(InputError, match="answer_style 'terse' should be one of varied, referring"):
+        ToyWorldSource("train", None, "terse")
+    config = load_training_config("configs/demo/reasoning.yaml", [])
+    config.datasets[0].answer_style = "referring"
+    assert make_source(config.datasets[0]).answer_style == "referring"
+    config.datasets[0].kind = "custom"
+    with pytest.raises(InputError, match="answer_style applies to toy_world datasets only"):
+        make_source(config.datasets[0])
+
+
 def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     """Stage 3 as the card says: `reasonseg build` on the two stage outputs, then `reasonseg train` with
     configs/demo/reasoning.yaml on the generated world; the mask loss is computed and the run exports."""

@@ -15,7 +15,9 @@ class DatasetSpec:
     """kind: ``custom`` | ``reason_seg`` | ``sem_seg`` | ``refer_seg`` | ``vqa``; path: its folder or JSONL (for the
     LISA kinds: LISA's dataset folder); rate: relative sampling weight; subsets: sub-datasets of a LISA kind (a list
     or ``"a||b"``, default LISA's list); strict: stop at the first bad record instead of skipping it;
-    explanatory_rate: share of ReasonSeg questions that ask for an explanation (LISA: 0.1)."""
+    explanatory_rate: share of ReasonSeg questions that ask for an explanation (LISA: 0.1); answer_style (``toy_world``
+    only): ``varied`` (the world's answer templates) or ``referring`` (every one-target answer in the wording of stage
+    2's referring turns plus its mask, "It is the small red star at (3, 6) [SEG].")."""
 
     kind: str
     path: str
@@ -24,6 +26,7 @@ class DatasetSpec:
     subsets: list[str] | str | None = None
     strict: bool = False
     explanatory_rate: float = 0.0
+    answer_style: str = "varied"
 
 
 @dataclass

@@ -89,6 +89,7 @@ class ReasonSegSource:
 # answering and region turns; "referring", stage 2's referring turns ("Which shape is the red star?" -> "It is the
 # small red star at (3, 6).")
 LANGUAGE_SUBSETS = ("qa", "referring")
+ANSWER_STYLES = ("varied", "referring")
 
 
 class ToyWorldSource:
@@ -97,9 +98,12 @@ class ToyWorldSource:
     one of LISA's question templates (short-query or sentence templates by the query's kind); the answer is the
     world's (one [SEG] per target, none when the target is absent, a reason when asked why)."""
 
-    def __init__(self, split: str, families: list[str] | str | None = None):
+    def __init__(self, split: str, families: list[str] | str | None = None, answer_style: str = "varied"):
         from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS
 
+        if answer_style not in ANSWER_STYLES:
+            raise InputError(f"toy_world answer_style {answer_style!r} should be one of {', '.join(ANSWER_STYLES)}")
+        self.answer_style = answer_style
         if split not in SPLIT_OFFSETS:
             raise InputError(f"toy_world path {split!r} should name a split: {', '.join(SPLIT_OFFSETS)}")
         self.split, self.size = split, SPLIT_SIZE
@@ -129,10 +133,17 @@ class ToyWorldSource:
                                            text])
                 else:
                     question = rng.choice([question_for(text, False, rng), text])
-                conversations.append([(question, query.answer)])
+                conversations.append([(question, self._answer(sample, query))])
                 masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
         stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
+
+    def _answer(self, sample, query) -> str:
+        if self.answer_style == "varied" or len(query.targets) != 1 or query.family == "multi_target":
+            return query.answer
+        from ..data.toy_world.turns import referring_seg_answer
+
+        return referring_seg_answer(sample, query)
 
     def _language_turns(self, sample, rng: random.Random) -> list[tuple[str, str]]:
         from ..data.toy_world.turns import (
@@ -328,6 +339,9 @@ def make_source(spec):
     subsets = getattr(spec, "subsets", None)
     strict = bool(getattr(spec, "strict", False))
     explanatory_rate = float(getattr(spec, "explanatory_rate", 0.0) or 0.0)
+    answer_style = getattr(spec, "answer_style", "varied")
+    if answer_style != "varied" and spec.kind != "toy_world":
+        raise InputError(f"answer_style applies to toy_world datasets only; remove it from the {spec.kind} entry")
     if spec.kind == "custom":
         return CustomSource(spec.path)
     if spec.kind == "reason_seg":
@@ -337,7 +351,7 @@ def make_source(spec):
     if spec.kind == "sem_seg":
         return SemSegSource(spec.path, subsets, strict)
     if spec.kind == "toy_world":
-        return ToyWorldSource(spec.path, subsets)
+        return ToyWorldSource(spec.path, subsets, answer_style)
     if spec.kind == "refer_seg":
         return ReferSegSource(spec.path, subsets, strict, spec.split)
     if spec.kind == "vqa":

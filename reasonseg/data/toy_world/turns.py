@@ -9,7 +9,7 @@ grounding from, and what stage 3 can keep mixing in.
 
 from __future__ import annotations
 
-from .queries import grid_cell
+from .queries import grid_cell, ground
 
 REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
 
@@ -28,6 +28,13 @@ def referring_turn(sample, query) -> tuple[str, str]:
     target = sample.objects[query.targets[0]]
     column, row = grid_cell(target, sample.width, sample.height)
     return referring_question(query), f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+
+
+def referring_seg_answer(sample, query) -> str:
+    """A one-target query's answer in the referring turn's words plus its mask: "It is the small red star at (3, 6)
+    [SEG]." (an explanatory query keeps its reason after it), so that stage 3 adds only [SEG] to what stage 2 says."""
+    answer = ground("It is [SEG].", sample.scene, query.targets)
+    return f"{answer} {query.reason}" if query.family == "explanatory" and query.reason else answer
 
 
 def objects_alone_in_their_cell(sample) -> list[tuple[tuple[int, int], object]]:
