@@ -111,6 +111,33 @@ def test_vlm_curriculum_keeps_scenes_with_few_objects():
         load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["max_objects=0"])
 
 
+def test_pretraining_seed_decides_which_train_scenes_a_phase_reads():
+    """A phase started from an earlier one's weights (init_from) with another seed reads scenes the earlier one did
+    not: seed s starts at train scene s * 1,000,000, so phases of under a million scenes never overlap."""
+    from reasonseg.data.toy_world import phase_train_index
+    from reasonseg.training.vlm_pretrain import build_image_processor, draw_batch
+
+    assert [phase_train_index(0, i) for i in (0, 7)] == [0, 7]
+    assert phase_train_index(3, 7) == 3_000_007 and phase_train_index(9, 1_000_005) == 5
+    sam = [load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, f"seed={seed}"]) for seed in (0, 2)]
+    transform = SamTransform(sam[0].image_size)
+    first, later = (draw_prompt_batch(config, 0, transform) for config in sam)
+    assert not torch.equal(first.pixel_values, later.pixel_values)
+    scene = generate_scene(split_seed("train", 2_000_000))
+    assert torch.equal(later.pixel_values[0], transform(Image.fromarray(scene.image))[0])
+
+    tokenizer = build_world_tokenizer(load_vlm_pretrain_config("configs/demo/toy_llava.yaml", TINY_VLM))
+    vlm = [load_vlm_pretrain_config("configs/demo/toy_llava.yaml", [*TINY_VLM, f"seed={seed}"]) for seed in (0, 1)]
+    processor = build_image_processor(vlm[0])
+    batches = [draw_batch(config, 0, tokenizer, processor) for config in vlm]
+    expected = [processor(images=[Image.fromarray(generate_scene(split_seed("train", phase_train_index(seed, row))).image)
+                                  for row in range(vlm[0].batch_size)], return_tensors="pt")["pixel_values"]
+                for seed in (0, 1)]
+    for batch, pixels in zip(batches, expected):
+        assert torch.equal(batch["pixel_values"], pixels)
+    assert not torch.equal(batches[0]["pixel_values"], batches[1]["pixel_values"])
+
+
 @pytest.mark.parametrize("gain", [5.0, 0.0])
 def test_toy_sam_cross_attention_starts_positional(gain):
     """With the positional start, a prompt at any cell of the embedding grid attends most to that cell in the mask

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
-from ..data.toy_world import generate_scene, split_seed
+from ..data.toy_world import generate_scene, phase_train_index, split_seed
 from ..errors import InputError
 from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
@@ -167,13 +167,14 @@ def padded_mask(mask: np.ndarray, resized: tuple[int, int], size: int) -> np.nda
 
 
 def draw_prompt_batch(config: SamPretrainConfig, step: int, transform: SamTransform) -> PromptBatch:
-    """The batch of ``step``: scenes ``step * batch_size + row`` of the train split, ``prompts_per_image`` objects
-    each (drawn with replacement so every image brings the same number)."""
+    """The batch of ``step``: the run's scenes ``step * batch_size + row`` of the train split (where its ``seed``
+    starts them: ``phase_train_index``), ``prompts_per_image`` objects each (drawn with replacement so every image
+    brings the same number)."""
     pixels, points, boxes, targets = [], [], [], []
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
-        scene = generate_scene(split_seed("train", index))
+        scene = generate_scene(split_seed("train", phase_train_index(config.seed, index)))
         image = Image.fromarray(scene.image)
         pixel_values, resized = transform(image)
         scale = resized[0] / scene.height

@@ -33,7 +33,7 @@ from transformers import (
 
 from ..checkpoints.build import STAGE_INFO_NAME
 from ..data.templates import question_for
-from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
+from ..data.toy_world import generate_sample, generate_scene, phase_train_index, sample_from_scene, split_seed
 from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
@@ -326,7 +326,7 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
-        sample = train_sample(index, config.max_objects)
+        sample = train_sample(phase_train_index(config.seed, index), config.max_objects)
         turns, targets = scene_turns_and_targets(sample, rng, config)
         images.append(Image.fromarray(sample.image))
         ids, labels = encode_conversation(tokenizer, config, turns)

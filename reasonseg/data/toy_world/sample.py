@@ -25,6 +25,17 @@ def split_seed(split: str, index: int) -> int:
     return SPLIT_OFFSETS[split] + index
 
 
+# where a pre-training run starts reading train scenes, per unit of its `seed`: a phase started from an earlier
+# one's weights with another seed reads scenes the earlier one never saw (seed 0: scenes 0, 1, 2, ...; seed 3: from
+# 3,000,000 on)
+PHASE_SCENE_STRIDE = 1_000_000
+
+
+def phase_train_index(seed: int, position: int) -> int:
+    """The train-split index of the ``position``-th scene a pre-training run with ``seed`` reads."""
+    return (seed * PHASE_SCENE_STRIDE + position) % SPLIT_SIZE
+
+
 def split_seeds(split: str, num: int, start: int = 0) -> range:
     """Seeds of samples ``start`` .. ``start + num - 1`` of ``split``."""
     if num < 0 or start < 0:
