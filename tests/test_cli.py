@@ -56,12 +56,17 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny, capsys):
                      "--out", str(tmp_path / "o"), "--device", "cpu"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and any(line.startswith("error:") and message in line for line in err)
-    code = main(["predict", "--model", model_dir, "--image", "x.png", "--prompt", "x", "--precision", "fp8"])
+    # no image to read: said before any model is loaded (this model path does not exist)
+    code = main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "missing.png"), "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("error: image") and "not found" in err[-1]
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    code = main(["predict", "--model", model_dir, "--image", str(tmp_path / "x.png"), "--prompt", "x", "--precision", "fp8"])
     err = capsys.readouterr().err
     assert code == 1 and "unknown precision 'fp8'" in err and "Traceback" not in err
     (tmp_path / "notamodel").mkdir()
     (tmp_path / "notamodel" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    code = main(["predict", "--model", str(tmp_path / "notamodel"), "--image", "x.png", "--prompt", "x"])
+    code = main(["predict", "--model", str(tmp_path / "notamodel"), "--image", str(tmp_path / "x.png"), "--prompt", "x"])
     err = capsys.readouterr().err
     assert code == 1 and "'bert'" in err and "reasonseg loads" in err
 
