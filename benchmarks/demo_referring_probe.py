@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
-from reasonseg.evaluation.runner import SENTENCE_QUESTION, SHORT_QUESTION
+from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
 
 PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
@@ -34,11 +34,7 @@ def stage_two_question(text: str, is_sentence: bool) -> str:
     return text if is_sentence else f"Which shape is {text}?"
 
 
-def eval_question(text: str, is_sentence: bool) -> str:
-    return (SENTENCE_QUESTION if is_sentence else SHORT_QUESTION).format(text=text.strip())
-
-
-QUESTION_FORMS = {"stage2": stage_two_question, "eval": eval_question}
+QUESTION_FORMS = {"stage2": stage_two_question, "eval": lisa_question_text}
 
 
 def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=stage_two_question) -> dict[str, float]:

@@ -57,10 +57,16 @@ REPORT_FILE = "report.html"
 RECORD_KEY = "key"
 
 
+def lisa_question_text(text: str, is_sentence: bool) -> str:
+    """The words of the question LISA's validation asks about ``text`` (a phrase, or a whole sentence when
+    ``is_sentence``), without the image placeholder."""
+    return (SENTENCE_QUESTION if is_sentence else SHORT_QUESTION).format(text=text.strip())
+
+
 def lisa_question(text: str, is_sentence: bool, image_token: str = "<image>", placement: str = "before_text") -> str:
-    """The user turn LISA's validation asks about ``text`` (a phrase, or a whole sentence when ``is_sentence``), with
-    the image placeholder where the model's processor puts it."""
-    question = (SENTENCE_QUESTION if is_sentence else SHORT_QUESTION).format(text=text.strip())
+    """The user turn LISA's validation asks about ``text``, with the image placeholder where the model's processor
+    puts it."""
+    question = lisa_question_text(text, is_sentence)
     return f"{question}\n{image_token}" if placement == "after_text" else f"{image_token}\n {question}"
 
 

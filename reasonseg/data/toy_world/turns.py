@@ -9,7 +9,7 @@ grounding from, and what stage 3 can keep mixing in.
 
 from __future__ import annotations
 
-from .queries import grid_cell, ground
+from .queries import grid_cell
 
 REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
 
@@ -23,17 +23,22 @@ def referring_question(query) -> str:
     return query.text if query.is_sentence else f"Which shape is {query.text}?"
 
 
-def referring_turn(sample, query) -> tuple[str, str]:
-    """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
+def _referring_words(sample, query) -> str:
+    """"It is the small red star at (3, 6)": the one target of ``query``, and its grid cell."""
     target = sample.objects[query.targets[0]]
     column, row = grid_cell(target, sample.width, sample.height)
-    return referring_question(query), f"It is the {target.describe(with_size=True)} at ({column}, {row})."
+    return f"It is the {target.describe(with_size=True)} at ({column}, {row})"
+
+
+def referring_turn(sample, query) -> tuple[str, str]:
+    """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
+    return referring_question(query), f"{_referring_words(sample, query)}."
 
 
 def referring_seg_answer(sample, query) -> str:
     """A one-target query's answer in the referring turn's words plus its mask: "It is the small red star at (3, 6)
     [SEG]." (an explanatory query keeps its reason after it), so that stage 3 adds only [SEG] to what stage 2 says."""
-    answer = ground("It is [SEG].", sample.scene, query.targets)
+    answer = f"{_referring_words(sample, query)} [SEG]."
     return f"{answer} {query.reason}" if query.family == "explanatory" and query.reason else answer
 
 
