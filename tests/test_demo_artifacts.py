@@ -4,6 +4,7 @@ model they make is bundled as reasonseg/assets/demo_model (tests/test_demo_model
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,9 @@ def test_toy_sam_segments_each_object_from_its_point_and_its_box():
 
 def test_toy_llava_answers_val_conversations():
     folder = ARTIFACTS / "toy_llava"
-    config = load_vlm_pretrain_config(folder / "training_config.yaml")
+    # the val turns are drawn with the config's seed; each phase has its own, so score every phase on seed 0's turns
+    config = dataclasses.replace(load_vlm_pretrain_config(folder / "training_config.yaml"), seed=0)
     model = LlavaForConditionalGeneration.from_pretrained(folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     scores = evaluate_vlm(model, tokenizer, build_image_processor(config), config, SCENES)
-    assert scores["val_token_accuracy"] >= 0.93, scores  # measured 0.960 (sessions 10, 11 and 12; 0.921 before session 10)
+    assert scores["val_token_accuracy"] >= 0.94, scores  # measured 0.970 (session 15's phase; sessions 10-12: 0.960)
