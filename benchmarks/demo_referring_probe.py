@@ -24,20 +24,17 @@ from pathlib import Path
 from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
+from reasonseg.data.toy_world.turns import referring_question_text
 from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
 
 PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
 
 
-def stage_two_question(text: str, is_sentence: bool) -> str:
-    return text if is_sentence else f"Which shape is {text}?"
+QUESTION_FORMS = {"stage2": referring_question_text, "eval": lisa_question_text}
 
 
-QUESTION_FORMS = {"stage2": stage_two_question, "eval": lisa_question_text}
-
-
-def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=stage_two_question) -> dict[str, float]:
+def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=referring_question_text) -> dict[str, float]:
     counts = {"names target": 0, "names its cell": 0, "both": 0, "cell within one": 0}
     asked = 0
     for path in sorted(split_dir.glob("*.json"))[:limit]:

@@ -60,6 +60,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny, capsys):
     code = main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "missing.png"), "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: image") and "not found" in err[-1]
+    (tmp_path / "corrupt.png").write_bytes(b"not an image")
+    code = main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "corrupt.png"), "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("error: image") and "not a readable image" in err[-1]
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     code = main(["predict", "--model", model_dir, "--image", str(tmp_path / "x.png"), "--prompt", "x", "--precision", "fp8"])
     err = capsys.readouterr().err

@@ -73,8 +73,15 @@ def _run_single(args) -> int:
         raise InputError("--coco-json, --save-masks and --save-overlays go with --images or --jobs; "
                          "--image always writes masks, overlays and <name>.json")
     prompt = args.prompt[0]
-    if not any(Path(image_path).is_file() for image_path in args.image):
-        load_image(args.image[0])  # raises its one-line error before minutes of model loading
+    errors = []
+    for image_path in args.image:  # one readable image is worth loading the model for (seconds to minutes)
+        try:
+            load_image(image_path)
+            break
+        except ReasonSegError as err:
+            errors.append(err)
+    else:
+        raise errors[0]  # missing or unreadable: said before the model loads
     segmenter = load_segmenter(args)
     failures = 0
     for image_path in args.image:

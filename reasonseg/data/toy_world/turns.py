@@ -19,8 +19,13 @@ def referring_queries(sample) -> list:
     return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
 
 
+def referring_question_text(text: str, is_sentence: bool) -> str:
+    """The referring turn's question about ``text``: a whole sentence as it is, a phrase as "Which shape is ...?"."""
+    return text if is_sentence else f"Which shape is {text}?"
+
+
 def referring_question(query) -> str:
-    return query.text if query.is_sentence else f"Which shape is {query.text}?"
+    return referring_question_text(query.text, query.is_sentence)
 
 
 def _referring_words(sample, query) -> str:
