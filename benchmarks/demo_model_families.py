@@ -12,6 +12,8 @@ Then it splits the single-target answers by what they say ("the small red star a
 colour and shape or another object, and the one grid cell named against the cell of the target's innermost point
 (the same, one off, further), or no [SEG] at all; the mean IoU of each part says how much of the gap is the
 language model naming the wrong object or place and how much is the mask decoder outlining the right place badly.
+Last, the several-target answers: their [SEG] count against the number of targets, and how many of the targets'
+cells they name.
 """
 
 from __future__ import annotations
@@ -102,6 +104,45 @@ def answer_breakdown(per_sample: Path, data_dir: Path) -> dict[str, dict[str, fl
             for kind, v in ious.items()}
 
 
+MULTI_KINDS = ("as many [SEG] as targets", "fewer [SEG] than targets", "more [SEG] than targets", "no [SEG]")
+
+
+def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
+    """For the queries with several targets (one [SEG] per object): how the answers' [SEG] count compares with the
+    number of targets (``{kind: {"n", "share", "giou"}}`` over ``MULTI_KINDS``), and over all their named cells
+    "(column, row)" the share of targets whose cell is named (``target_recall``), the share of named cells that are
+    some target's cell (``cell_precision``) and the share of answers naming exactly every target's cell
+    (``all_cells``, with its mean IoU ``all_cells_giou``)."""
+    ious: dict[str, list[float]] = {kind: [] for kind in MULTI_KINDS}
+    targets_total = targets_named = cells_total = cells_on_target = 0
+    exact: list[float] = []
+    for record in _generate_records(per_sample):
+        annotation = _annotation(data_dir, record)
+        targets = annotation["targets"]
+        if len(targets) < 2:
+            continue
+        count = record["seg_count"]
+        kind = 3 if count == 0 else 0 if count == len(targets) else 1 if count < len(targets) else 2
+        ious[MULTI_KINDS[kind]].append(record["iou"])
+        target_cells = {point_cell(annotation["objects"][t]["point"], annotation["width"], annotation["height"])
+                        for t in targets}
+        named = {(int(c), int(r)) for c, r in ANSWER_CELL.findall(record["answer"])}
+        targets_total += len(target_cells)
+        targets_named += len(target_cells & named)
+        cells_total += len(named)
+        cells_on_target += len(named & target_cells)
+        if named == target_cells:
+            exact.append(record["iou"])
+    total = sum(len(v) for v in ious.values())
+    kinds = {kind: {"n": len(v), "share": len(v) / max(total, 1), "giou": sum(v) / len(v) if v else float("nan")}
+             for kind, v in ious.items()}
+    return {"kinds": kinds, "n": total,
+            "target_recall": targets_named / max(targets_total, 1),
+            "cell_precision": cells_on_target / max(cells_total, 1),
+            "all_cells": len(exact) / max(total, 1),
+            "all_cells_giou": sum(exact) / len(exact) if exact else float("nan")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir", type=Path, help="the --out folder of `reasonseg eval`")
@@ -116,6 +157,12 @@ def main() -> None:
     print(f"single-target answers: {sum(kind['n'] for kind in breakdown.values())}")
     for kind, b in breakdown.items():
         print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+    multi = multi_target_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
+    print(f"several-target answers: {multi['n']}")
+    for kind, b in multi["kinds"].items():
+        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+    print(f"  every target's cell, no other  {multi['all_cells']:>4.0%}  gIoU {multi['all_cells_giou']:.3f}")
+    print(f"  targets whose cell is named {multi['target_recall']:.3f}; named cells on a target {multi['cell_precision']:.3f}")
 
 
 if __name__ == "__main__":

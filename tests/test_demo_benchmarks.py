@@ -67,3 +67,30 @@ def test_answer_breakdown_and_family_scores(tmp_path):
     assert scores["all with a target"]["n"] == 6  # the lisa-mode record and the no-target one are left out
     assert abs(scores["all with a target"]["ciou"] - 25 / 60) < 1e-9
     assert scores["no_target"]["no_seg"] == 1.0 and scores["spatial"]["n"] == 2
+
+
+def test_multi_target_breakdown(tmp_path):
+    benchmark = _load_benchmark()
+    # targets 0 and 1 in cells (3, 3) and (0, 0); object 2 (not a target) in cell (7, 7)
+    annotation = _annotation("multi_target", [0, 1], [(65, 35), (5, 5)])
+    annotation["objects"].append({"point": [159, 79], "colour": "red", "shape": "heart"})
+    (tmp_path / "m.json").write_text(json.dumps(annotation))
+    (tmp_path / "s.json").write_text(json.dumps(_annotation("attribute", [0], [(65, 35), (5, 5)])))
+    answers = [("At (3, 3) [SEG] and (0, 0) [SEG].", 2, 0.8),     # both cells, nothing else
+               ("At (3, 3) [SEG].", 1, 0.4),                        # one of two
+               ("At (3, 3) [SEG], (0, 0) [SEG] and (7, 7) [SEG].", 3, 0.5),  # one too many
+               ("There are none.", 0, 0.0)]
+    records = [{"id": "m", "mode": "generate", "answer": a, "seg_count": n, "iou": iou, "intersection": 0,
+                "union": 1, "has_target": True} for a, n, iou in answers]
+    records.append({"id": "s", "mode": "generate", "answer": "At (3, 3) [SEG].", "seg_count": 1, "iou": 0.9,
+                    "intersection": 9, "union": 10, "has_target": True})  # single target: not counted
+    per_sample = tmp_path / "per_sample.jsonl"
+    per_sample.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    multi = benchmark.multi_target_breakdown(per_sample, tmp_path)
+    assert multi["n"] == 4
+    assert [multi["kinds"][k]["n"] for k in benchmark.MULTI_KINDS] == [1, 1, 1, 1]
+    assert multi["kinds"]["fewer [SEG] than targets"]["giou"] == 0.4
+    assert multi["target_recall"] == 5 / 8  # 2 + 1 + 2 + 0 of 4 x 2 targets' cells
+    assert multi["cell_precision"] == 5 / 6  # of the 2 + 1 + 3 cells named, (7, 7) is no target's
+    assert multi["all_cells"] == 0.25 and multi["all_cells_giou"] == 0.8
