@@ -99,6 +99,11 @@ def answer_breakdown(per_sample: Path, data_dir: Path) -> dict[str, dict[str, fl
         annotation = _annotation(data_dir, record)
         if len(annotation["targets"]) == 1:
             ious[answer_kind(record, annotation)].append(record["iou"])
+    return _kind_table(ious)
+
+
+def _kind_table(ious: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """``{kind: {"n", "share", "giou"}}`` from the IoUs of each kind of answer."""
     total = sum(len(v) for v in ious.values())
     return {kind: {"n": len(v), "share": len(v) / max(total, 1), "giou": sum(v) / len(v) if v else float("nan")}
             for kind, v in ious.items()}
@@ -114,7 +119,7 @@ def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
     some target's cell (``cell_precision``) and the share of answers naming exactly every target's cell
     (``all_cells``, with its mean IoU ``all_cells_giou``)."""
     ious: dict[str, list[float]] = {kind: [] for kind in MULTI_KINDS}
-    targets_total = targets_named = cells_total = cells_on_target = 0
+    targets_total = cells_total = matched = 0  # a named cell that is a target's cell matches that target
     exact: list[float] = []
     for record in _generate_records(per_sample):
         annotation = _annotation(data_dir, record)
@@ -128,19 +133,22 @@ def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
                         for t in targets}
         named = {(int(c), int(r)) for c, r in ANSWER_CELL.findall(record["answer"])}
         targets_total += len(target_cells)
-        targets_named += len(target_cells & named)
         cells_total += len(named)
-        cells_on_target += len(named & target_cells)
+        matched += len(target_cells & named)
         if named == target_cells:
             exact.append(record["iou"])
     total = sum(len(v) for v in ious.values())
-    kinds = {kind: {"n": len(v), "share": len(v) / max(total, 1), "giou": sum(v) / len(v) if v else float("nan")}
-             for kind, v in ious.items()}
-    return {"kinds": kinds, "n": total,
-            "target_recall": targets_named / max(targets_total, 1),
-            "cell_precision": cells_on_target / max(cells_total, 1),
+    return {"kinds": _kind_table(ious), "n": total,
+            "target_recall": matched / max(targets_total, 1),
+            "cell_precision": matched / max(cells_total, 1),
             "all_cells": len(exact) / max(total, 1),
             "all_cells_giou": sum(exact) / len(exact) if exact else float("nan")}
+
+
+def _print_kinds(title: str, kinds: dict[str, dict[str, float]]) -> None:
+    print(f"{title}: {sum(kind['n'] for kind in kinds.values())}")
+    for kind, b in kinds.items():
+        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
 
 
 def main() -> None:
@@ -154,13 +162,9 @@ def main() -> None:
         s = scores[family]
         print(f"{family:<18}{s['n']:>5}{s['giou']:>8.3f}{s['ciou']:>8.3f}{s['no_seg']:>10.2f}")
     breakdown = answer_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
-    print(f"single-target answers: {sum(kind['n'] for kind in breakdown.values())}")
-    for kind, b in breakdown.items():
-        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+    _print_kinds("single-target answers", breakdown)
     multi = multi_target_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
-    print(f"several-target answers: {multi['n']}")
-    for kind, b in multi["kinds"].items():
-        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+    _print_kinds("several-target answers", multi["kinds"])
     print(f"  every target's cell, no other  {multi['all_cells']:>4.0%}  gIoU {multi['all_cells_giou']:.3f}")
     print(f"  targets whose cell is named {multi['target_recall']:.3f}; named cells on a target {multi['cell_precision']:.3f}")
 
