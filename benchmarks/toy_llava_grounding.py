@@ -12,7 +12,10 @@
    distinct cells the model predicts (1 = it says the same place for everything). Chance is about 1/8 per token.
    Also: whether the said cell's centre lies on the target (what a point prompt there needs), by objects in the scene.
 3. The reverse ("What is at (3, 6)?" -> "It is the small red star."): the share of answers right in every token.
-4. For a checkpoint trained with the target-patch aid (image placed after the question): per query family, the share
+4. List turns, several targets at once ("Segment all the stars." -> "They are the small red star at (3, 6) and the
+   large blue star at (5, 2).", teacher-forced): the share of coordinate tokens right and of turns with every
+   target's cell right (what stage 3's several-target answers need before each [SEG]).
+5. For a checkpoint trained with the target-patch aid (image placed after the question): per query family, the share
    of referring turns whose highest-scoring image token (by the aid's head) lies on the queried object.
 """
 
@@ -29,7 +32,14 @@ from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalG
 
 from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import GROUNDING_GRID, grid_cell
-from reasonseg.data.toy_world.turns import objects_alone_in_their_cell, referring_queries, referring_turn, region_turn
+from reasonseg.data.toy_world.turns import (
+    list_queries,
+    list_turn,
+    objects_alone_in_their_cell,
+    referring_queries,
+    referring_turn,
+    region_turn,
+)
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
     TRAINING_AIDS_FILE,
@@ -119,12 +129,36 @@ def teacher_forced(model, tokenizer, config, pixels, turn: tuple[str, str], stat
     return out.logits[0, :-1].argmax(-1).tolist(), labels[1:], states
 
 
+def digit_tokens(tokenizer) -> dict[int, int]:
+    """Token id -> grid digit, for the digits an answer's "(column, row)" is written with."""
+    digit_of = {tokenizer.convert_tokens_to_ids(prefix + str(d)): d for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
+    digit_of.pop(tokenizer.unk_token_id, None)
+    return digit_of
+
+
+@torch.no_grad()
+def list_grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0) -> dict:
+    """Teacher-forced list turns on val scenes: coordinate tokens right, and turns with every coordinate right."""
+    digit_of = digit_tokens(tokenizer)
+    right = total = every = turns = 0
+    for index in range(first, first + scenes):
+        sample = generate_sample(split_seed("val", index))
+        pixels = None
+        for query in list_queries(sample):
+            if pixels is None:
+                pixels = image_processor(images=[Image.fromarray(sample.image)], return_tensors="pt")["pixel_values"]
+            predicted, expected, _ = teacher_forced(model, tokenizer, config, pixels, list_turn(sample, query))
+            places = [k for k, token in enumerate(expected) if token != IGNORE_INDEX and token in digit_of]
+            hits = [predicted[k] == expected[k] for k in places]
+            right, total, every, turns = right + sum(hits), total + len(hits), every + all(hits), turns + 1
+    return {"token_accuracy": right / max(total, 1), "all_right": every / max(turns, 1), "turns": turns}
+
+
 @torch.no_grad()
 def grounding(model, tokenizer, image_processor, config, scenes: int, first: int = 0, head=None) -> dict:
     """The grounding figures; with the target-patch ``head``, also ``marking_by_family``: per family, ``(share of
     referring turns whose top-scoring image token is on the target, turns)``."""
-    digit_of = {tokenizer.convert_tokens_to_ids(prefix + str(d)): d for d in range(GROUNDING_GRID) for prefix in ("", "Ġ")}
-    digit_of.pop(tokenizer.unk_token_id, None)
+    digit_of = digit_tokens(tokenizer)
     right = total = both = turns = near = inside = region_right = region_turns = 0
     predicted_cells = set()
     by_count: dict[str, list[int]] = {}  # objects in the scene -> [turns, said cell's centre on the target]
@@ -192,6 +226,10 @@ def main() -> None:
           f"{scores['region_right']:.3f} of {scores['region_turns']}")
     print("said cell's centre on the target, by objects in the scene: " + ", ".join(
         f"{count}: {share:.2f} of {n}" for count, (share, n) in scores["centre_on_target_by_objects"].items()))
+    listed = list_grounding(model, tokenizer, image_processor, config, args.scenes, args.first_scene)
+    print(f"list turns (\"Segment all the stars.\" -> \"They are the ... at (3, 6) and the ... at (5, 2).\"): "
+          f"coordinate tokens right {listed['token_accuracy']:.3f}, every target's cell right {listed['all_right']:.3f} "
+          f"of {listed['turns']}")
     if scores["marking_by_family"]:
         print("target-patch head's top image token on the target, by family: " + ", ".join(
             f"{family} {share:.2f} of {n}" for family, (share, n) in scores["marking_by_family"].items()))

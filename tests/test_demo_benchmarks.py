@@ -1,5 +1,5 @@
 """benchmarks/demo_model_families.py splits the demo's answers by the object they name and how far the grid cell they
-name is from the target's."""
+name is from the target's; benchmarks/toy_llava_grounding.py scores the cells of stage 2's list turns."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_model_families.py"
+from transformers import AutoTokenizer
+
+ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "demo" / "toy_llava"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("demo_model_families", BENCHMARK)
+def _load_benchmark(name: str = "demo_model_families"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,3 +97,39 @@ def test_multi_target_breakdown(tmp_path):
     assert multi["target_recall"] == 5 / 8  # 2 + 1 + 2 + 0 of 4 x 2 targets' cells
     assert multi["cell_precision"] == 5 / 6  # of the 2 + 1 + 3 cells named, (7, 7) is no target's
     assert multi["all_cells"] == 0.25 and multi["all_cells_giou"] == 0.8
+
+
+def test_list_grounding_counts_every_coordinate_of_a_list_turn(monkeypatch):
+    """Scored with a stand-in for the model's teacher-forced predictions: right where it says, wrong where it
+    shifts one digit of each place."""
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.turns import list_queries
+    from reasonseg.training.collate import IGNORE_INDEX
+
+    grounding = _load_benchmark("toy_llava_grounding")
+    tokenizer = AutoTokenizer.from_pretrained(ARTIFACT)
+    config = grounding.trained_config(ARTIFACT, None)
+    digits = grounding.digit_tokens(tokenizer)
+
+    def predict_with(shift_first_digit: bool):
+        def teacher_forced(model, tokenizer, config, pixels, turn, state_layer=None):
+            ids, labels = grounding.encode_conversation(tokenizer, config, [turn])
+            expected = labels[1:]
+            predicted = [t if t != IGNORE_INDEX else 0 for t in expected]
+            places = [k for k, t in enumerate(expected) if t != IGNORE_INDEX and t in digits]
+            if shift_first_digit:
+                for k in places[::2]:  # each place's column
+                    token = tokenizer.convert_ids_to_tokens(expected[k])  # "3" or "Ġ3"
+                    predicted[k] = tokenizer.convert_tokens_to_ids(token[:-1] + str((digits[expected[k]] + 1) % 8))
+            return predicted, expected, None
+        return teacher_forced
+
+    scenes = 6
+    turns = sum(len(list_queries(generate_sample(split_seed("val", i)))) for i in range(scenes))
+    processor = lambda images, return_tensors: {"pixel_values": None}  # noqa: E731
+    monkeypatch.setattr(grounding, "teacher_forced", predict_with(False))
+    right = grounding.list_grounding(None, tokenizer, processor, config, scenes)
+    assert right == {"token_accuracy": 1.0, "all_right": 1.0, "turns": turns} and turns >= 4
+    monkeypatch.setattr(grounding, "teacher_forced", predict_with(True))
+    half = grounding.list_grounding(None, tokenizer, processor, config, scenes)
+    assert half["token_accuracy"] == 0.5 and half["all_right"] == 0.0

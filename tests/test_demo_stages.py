@@ -267,6 +267,44 @@ def test_vlm_absent_turns_ask_about_missing_objects_and_mark_no_patch():
         load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["absent_rate=1.5"])
 
 
+def test_vlm_list_turns_place_every_target_in_the_order_of_its_seg():
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.turns import list_turn
+    from reasonseg.training.vlm_pretrain import scene_turns_and_targets, target_patch_labels
+
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", "list_rate=1.0"])
+    base = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0"])
+    half = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", "list_rate=0.5"])
+    seen, kinds = 0, []
+    for index in range(20):
+        sample = generate_sample(split_seed("train", index))
+        several = [q for q in sample.queries if q.family == "multi_target"]
+        turns, targets = scene_turns_and_targets(sample, np.random.default_rng(index), config)
+        for (question, answer), target in zip(turns, targets):
+            if not several:  # nothing to list: a one-target referring turn
+                assert answer.startswith("It is the") and not isinstance(target, tuple)
+                continue
+            query = next(q for q in several if list_turn(sample, q) == (question, answer))
+            # stage 3's answer to the same query, less its [SEG]s and opening words
+            seg_answer = query.answer.replace(" [SEG]", "")
+            places = re.findall(r"the ([a-z ]+) at \((\d), (\d)\)", answer, flags=re.I)
+            assert places == re.findall(r"the ([a-z ]+) at \((\d), (\d)\)", seg_answer, flags=re.I)
+            assert answer.startswith("They are the ") and len(places) == len(query.targets) >= 2
+            assert question == (query.text if query.is_sentence else f"Find {query.text}.")
+            assert target == tuple(sample.objects[i] for i in query.targets)
+            labels = target_patch_labels(sample, target, 8)
+            union = torch.stack([target_patch_labels(sample, obj, 8) for obj in target]).amax(0)
+            assert torch.equal(labels, union)
+            seen += 1
+        kinds += [isinstance(t, tuple) for t in scene_turns_and_targets(sample, np.random.default_rng(index), half)[1]]
+        # list_rate 0 (the default) draws the same turns as before the knob existed
+        assert all(re.fullmatch(r"It is the .+ at \(\d, \d\)\.", a) for _, a in scene_turns(sample, np.random.default_rng(index), base))
+    assert seen >= 20
+    assert 0.2 < sum(kinds) / len(kinds) < 0.7
+    with pytest.raises(InputError, match="list_rate -0.1"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["list_rate=-0.1"])
+
+
 def test_vlm_region_turns_ask_what_lies_at_a_cell_held_by_one_object():
     from reasonseg.data.toy_world import generate_sample, split_seed
 

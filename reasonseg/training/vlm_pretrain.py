@@ -41,6 +41,8 @@ from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
 from ..data.toy_world.turns import (
     REGION_QUESTIONS,
     objects_alone_in_their_cell,
+    list_queries,
+    list_turn,
     referring_queries,
     referring_question,
     referring_turn,
@@ -98,6 +100,10 @@ class VlmPretrainConfig:
     # share of referring turns that ask about an object the scene lacks (the world's no-target query, answered "There
     # is no green heart in this image."); with target_patch_weight, no image token may mark itself for such a turn
     absent_rate: float = 0.0
+    # share of the other referring turns that ask about several objects at once ("Segment all the stars." -> "They
+    # are the small red star at (3, 6) and the large blue star at (5, 2)."), as stage 3's several-target answers
+    # name each target before its [SEG]; with target_patch_weight, every target's patches mark themselves
+    list_rate: float = 0.0
     # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
     # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
     # vision tower's patches say what they show. The head is dropped from the saved model.
@@ -151,6 +157,8 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
     if not 0 <= config.absent_rate <= 1:
         raise InputError(f"absent_rate {config.absent_rate} must be between 0 and 1 (a share of the referring turns)")
+    if not 0 <= config.list_rate <= 1:
+        raise InputError(f"list_rate {config.list_rate} must be between 0 and 1 (a share of the referring turns)")
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     check_image_placement(config.image_placement)
@@ -173,10 +181,11 @@ def scene_turns(sample, rng: np.random.Generator, config: VlmPretrainConfig) -> 
 
 
 def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrainConfig):
-    """:func:`scene_turns`, and for each turn the object a referring turn asks about (``ABSENT`` when it asks about
-    an object the scene lacks, ``None`` for other turns)."""
+    """:func:`scene_turns`, and for each turn the object a referring turn asks about (a tuple of objects for a list
+    turn, ``ABSENT`` when it asks about an object the scene lacks, ``None`` for other turns)."""
     turns, targets = [], []
     referring = referring_queries(sample)
+    several = list_queries(sample)
     absent = [q for q in sample.queries if q.family == "no_target"]
     placed = objects_alone_in_their_cell(sample)
     for _ in range(config.turns_per_image):
@@ -186,6 +195,11 @@ def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrai
         if absent and draw < config.referring_rate and config.absent_rate and rng.random() < config.absent_rate:
             turns.append((referring_question(absent[0]), absent[0].answer))
             target = ABSENT
+        # list_rate 0 draws nothing more either
+        elif several and draw < config.referring_rate and config.list_rate and rng.random() < config.list_rate:
+            query = several[int(rng.integers(len(several)))]
+            turns.append(list_turn(sample, query))
+            target = tuple(sample.objects[index] for index in query.targets)
         elif referring and draw < config.referring_rate:
             query = referring[int(rng.integers(len(referring)))]
             turns.append(referring_turn(sample, query))
@@ -349,11 +363,14 @@ def draw_batch(config: VlmPretrainConfig, step: int, tokenizer, image_processor)
 def target_patch_labels(scene, target, grid: int, min_cover: float = 0.25) -> torch.Tensor:
     """``[grid * grid]`` row-major: 1.0 where the patch lies on ``target`` (at least ``min_cover`` of its area, or the
     patch holding the target's innermost point, which a referring answer names), 0.0 elsewhere, and -1.0 (ignored)
-    everywhere when the turn asks about no object; 0.0 everywhere when it asks about one the scene lacks."""
+    everywhere when the turn asks about no object; 0.0 everywhere when it asks about one the scene lacks. ``target``
+    may be a tuple of objects (a list turn): a patch is 1.0 when it is one of theirs."""
     if target is None:
         return torch.full((grid * grid,), -1.0)
     if target is ABSENT:
         return torch.zeros(grid * grid)
+    if isinstance(target, tuple):
+        return torch.stack([target_patch_labels(scene, obj, grid, min_cover) for obj in target]).amax(dim=0)
     cover = patch_cover(target.mask, grid)
     labels = (cover >= min_cover).float()
     column, row = grid_cell(target, scene.width, scene.height)  # on the answers' grid, which may be finer

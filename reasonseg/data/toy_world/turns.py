@@ -3,6 +3,8 @@ grounding from, and what stage 3 can keep mixing in.
 
 * referring turns: "Which shape is the red star?" -> "It is the small red star at (3, 6).", the target's cell of the
   answers' grounding grid;
+* list turns, a referring turn for several targets: "Segment all the stars." -> "They are the small red star at
+  (3, 6) and the large blue star at (5, 2).", left to right as the several-target answers' [SEG]s;
 * region turns, the other way round: "What is at (3, 6)?" -> "It is the small red star.", asked only of a cell that
   one object holds.
 """
@@ -19,6 +21,11 @@ def referring_queries(sample) -> list:
     return [q for q in sample.queries if len(q.targets) == 1 and q.family != "explanatory"]
 
 
+def list_queries(sample) -> list:
+    """The sample's queries a list turn can ask: the several-target family."""
+    return [q for q in sample.queries if len(q.targets) > 1 and q.family == "multi_target"]
+
+
 def referring_question_text(text: str, is_sentence: bool) -> str:
     """The referring turn's question about ``text``: a whole sentence as it is, a phrase as "Which shape is ...?"."""
     return text if is_sentence else f"Which shape is {text}?"
@@ -30,14 +37,27 @@ def referring_question(query) -> str:
 
 def _referring_words(sample, query) -> str:
     """"It is the small red star at (3, 6)": the one target of ``query``, and its grid cell."""
-    target = sample.objects[query.targets[0]]
-    column, row = grid_cell(target, sample.width, sample.height)
-    return f"It is the {target.describe(with_size=True)} at ({column}, {row})"
+    return f"It is {_placed(sample, query.targets[0])}"
 
 
 def referring_turn(sample, query) -> tuple[str, str]:
     """("Which shape is the red star?", "It is the small red star at (3, 6).") for a query with one target."""
     return referring_question(query), f"{_referring_words(sample, query)}."
+
+
+def _placed(sample, index: int) -> str:
+    obj = sample.objects[index]
+    column, row = grid_cell(obj, sample.width, sample.height)
+    return f"the {obj.describe(with_size=True)} at ({column}, {row})"
+
+
+def list_turn(sample, query) -> tuple[str, str]:
+    """("Segment all the stars.", "They are the small red star at (3, 6) and the large blue star at (5, 2).") for a
+    several-target query: each target named and placed as a referring turn does, in the order of the query's
+    [SEG]s, so stage 3 only has to add a [SEG] after each."""
+    placed = [_placed(sample, index) for index in query.targets]
+    question = query.text if query.is_sentence else f"Find {query.text}."  # "Find each orange shape."
+    return question, f"They are {', '.join(placed[:-1])} and {placed[-1]}."
 
 
 def referring_seg_answer(sample, query) -> str:
