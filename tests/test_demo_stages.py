@@ -452,6 +452,31 @@ def test_toy_world_referring_answer_style_adds_only_seg_to_the_referring_turns_w
         make_source(config.datasets[0])
 
 
+def test_toy_world_list_answer_style_adds_a_seg_after_each_target_of_the_list_turns_words():
+    import random
+
+    from reasonseg.data.toy_world.turns import list_turn
+    from reasonseg.training.datasets import ToyWorldSource
+
+    referring, lists = ToyWorldSource("train", None, "referring"), ToyWorldSource("train", None, "referring_and_lists")
+    several = 0
+    for index in range(12):
+        drawn, drawn_lists = referring.draw(index, random.Random(index), 3), lists.draw(index, random.Random(index), 3)
+        assert np.array_equal(drawn.masks, drawn_lists.masks)
+        sample = generate_sample(split_seed("train", index))
+        by_answer = {q.answer: q for q in sample.queries}
+        for [(question, answer)], [(_, answer_lists)] in zip(drawn.conversations, drawn_lists.conversations):
+            query = by_answer.get(answer)
+            if query is None or query.family != "multi_target":  # one target or none: as the referring style
+                assert answer_lists == answer
+                continue
+            # "They are the small red star at (3, 6) [SEG] and ...": a [SEG] per target, in the masks' order
+            assert answer_lists.count("[SEG]") == len(query.targets) == answer.count("[SEG]")
+            assert answer_lists.replace(" [SEG]", "") == list_turn(sample, query)[1]
+            several += 1
+    assert several >= 3
+
+
 def test_stage_three_builds_from_both_stages_and_trains(tmp_path):
     """Stage 3 as the card says: `reasonseg build` on the two stage outputs, then `reasonseg train` with
     configs/demo/reasoning.yaml on the generated world; the mask loss is computed and the run exports."""

@@ -17,7 +17,9 @@ class DatasetSpec:
     or ``"a||b"``, default LISA's list); strict: stop at the first bad record instead of skipping it;
     explanatory_rate: share of ReasonSeg questions that ask for an explanation (LISA: 0.1); answer_style (``toy_world``
     only): ``varied`` (the world's answer templates) or ``referring`` (every one-target answer in the wording of stage
-    2's referring turns plus its mask, "It is the small red star at (3, 6) [SEG].")."""
+    2's referring turns plus its mask, "It is the small red star at (3, 6) [SEG].") or ``referring_and_lists`` (as
+    ``referring``, and every several-target answer in the words of stage 2's list turns, "They are the small red star
+    at (3, 6) [SEG] and the large blue star at (5, 2) [SEG].")."""
 
     kind: str
     path: str

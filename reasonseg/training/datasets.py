@@ -89,7 +89,9 @@ class ReasonSegSource:
 # answering and region turns; "referring", stage 2's referring turns ("Which shape is the red star?" -> "It is the
 # small red star at (3, 6).")
 LANGUAGE_SUBSETS = ("qa", "referring")
-ANSWER_STYLES = ("varied", "referring")
+# "referring": one-target answers in stage 2's referring words plus [SEG]; "referring_and_lists": also several-target
+# answers in stage 2's list words, a [SEG] after each target (for a stage 2 trained with list turns)
+ANSWER_STYLES = ("varied", "referring", "referring_and_lists")
 
 
 class ToyWorldSource:
@@ -139,11 +141,13 @@ class ToyWorldSource:
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
 
     def _answer(self, sample, query) -> str:
-        if self.answer_style == "varied" or len(query.targets) != 1 or query.family == "multi_target":
-            return query.answer
-        from ..data.toy_world.turns import referring_seg_answer
+        from ..data.toy_world.turns import list_seg_answer, referring_seg_answer
 
-        return referring_seg_answer(sample, query)
+        if self.answer_style == "varied" or not query.targets:
+            return query.answer
+        if len(query.targets) == 1 and query.family != "multi_target":
+            return referring_seg_answer(sample, query)
+        return list_seg_answer(sample, query) if self.answer_style == "referring_and_lists" else query.answer
 
     def _language_turns(self, sample, rng: random.Random) -> list[tuple[str, str]]:
         from ..data.toy_world.turns import (

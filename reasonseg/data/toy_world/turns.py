@@ -51,13 +51,22 @@ def _placed(sample, index: int) -> str:
     return f"the {obj.describe(with_size=True)} at ({column}, {row})"
 
 
+def _listed(placed: list[str]) -> str:
+    return f"They are {', '.join(placed[:-1])} and {placed[-1]}."
+
+
 def list_turn(sample, query) -> tuple[str, str]:
     """("Segment all the stars.", "They are the small red star at (3, 6) and the large blue star at (5, 2).") for a
     several-target query: each target named and placed as a referring turn does, in the order of the query's
     [SEG]s, so stage 3 only has to add a [SEG] after each."""
-    placed = [_placed(sample, index) for index in query.targets]
     question = query.text if query.is_sentence else f"Find {query.text}."  # "Find each orange shape."
-    return question, f"They are {', '.join(placed[:-1])} and {placed[-1]}."
+    return question, _listed([_placed(sample, index) for index in query.targets])
+
+
+def list_seg_answer(sample, query) -> str:
+    """A several-target query's answer in the list turn's words plus a [SEG] after each target: "They are the small
+    red star at (3, 6) [SEG] and the large blue star at (5, 2) [SEG]." (for a stage 2 trained with list turns)"""
+    return _listed([f"{_placed(sample, index)} [SEG]" for index in query.targets])
 
 
 def referring_seg_answer(sample, query) -> str:
