@@ -108,6 +108,13 @@ def grid_cell(obj: SceneObject, width: int, height: int) -> tuple[int, int]:
     return point_cell(obj.point, width, height)
 
 
+def placed_name(obj: SceneObject, width: int, height: int) -> str:
+    """"the small red star at (3, 6)": the object's size, colour and shape, and its grid cell, as every grounded answer
+    and stage 2's referring and list turns name it."""
+    column, row = grid_cell(obj, width, height)
+    return f"the {obj.describe(with_size=True)} at ({column}, {row})"
+
+
 def point_cell(point, width: int, height: int) -> tuple[int, int]:
     """``(column, row)`` of the grid cell holding pixel ``(x, y)`` of a ``width`` x ``height`` image."""
     x, y = point
@@ -123,9 +130,7 @@ def ground(answer: str, scene: Scene, targets: tuple[int, ...]) -> str:
         raise ValueError(f"answer {answer!r} has {len(pieces) - 1} [SEG] for {len(targets)} targets")
     out = pieces[0]
     for target, rest in zip(targets, pieces[1:]):
-        obj = scene.objects[target]
-        column, row = grid_cell(obj, scene.width, scene.height)
-        out += f"the {obj.describe(with_size=True)} at ({column}, {row}) [SEG]" + rest
+        out += f"{placed_name(scene.objects[target], scene.width, scene.height)} [SEG]" + rest
     return cap(out)
 
 

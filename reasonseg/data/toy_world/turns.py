@@ -11,7 +11,7 @@ grounding from, and what stage 3 can keep mixing in.
 
 from __future__ import annotations
 
-from .queries import grid_cell
+from .queries import grid_cell, placed_name
 
 REGION_QUESTIONS = ("What is at {place}?", "Which shape is at {place}?", "What do you see at {place}?")
 
@@ -46,9 +46,7 @@ def referring_turn(sample, query) -> tuple[str, str]:
 
 
 def _placed(sample, index: int) -> str:
-    obj = sample.objects[index]
-    column, row = grid_cell(obj, sample.width, sample.height)
-    return f"the {obj.describe(with_size=True)} at ({column}, {row})"
+    return placed_name(sample.objects[index], sample.width, sample.height)
 
 
 def _listed(placed: list[str]) -> str:
