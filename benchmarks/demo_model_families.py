@@ -145,10 +145,15 @@ def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
             "all_cells_giou": sum(exact) / len(exact) if exact else float("nan")}
 
 
+def _figure(value: float, width: int = 0) -> str:
+    """A score to three places, or "-" where nothing was scored (an empty row, or a cIoU over no target pixels)."""
+    return f"{'-' if value != value else f'{value:.3f}':>{width}}"
+
+
 def _print_kinds(title: str, kinds: dict[str, dict[str, float]]) -> None:
     print(f"{title}: {sum(kind['n'] for kind in kinds.values())}")
     for kind, b in kinds.items():
-        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {b['giou']:.3f}")
+        print(f"  {kind:<29}{b['n']:>5} ({b['share']:>4.0%})  gIoU {_figure(b['giou'])}")
 
 
 def main() -> None:
@@ -160,12 +165,12 @@ def main() -> None:
     print(f"{'family':<18}{'n':>5}{'gIoU':>8}{'cIoU':>8}{'no [SEG]':>10}")
     for family in sorted(scores, key=lambda f: (f.startswith("all"), f)):
         s = scores[family]
-        print(f"{family:<18}{s['n']:>5}{s['giou']:>8.3f}{s['ciou']:>8.3f}{s['no_seg']:>10.2f}")
+        print(f"{family:<18}{s['n']:>5}{_figure(s['giou'], 8)}{_figure(s['ciou'], 8)}{s['no_seg']:>10.2f}")
     breakdown = answer_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
     _print_kinds("single-target answers", breakdown)
     multi = multi_target_breakdown(args.eval_dir / "per_sample.jsonl", args.data_dir)
     _print_kinds("several-target answers", multi["kinds"])
-    print(f"  every target's cell, no other  {multi['all_cells']:>4.0%}  gIoU {multi['all_cells_giou']:.3f}")
+    print(f"  every target's cell, no other  {multi['all_cells']:>4.0%}  gIoU {_figure(multi['all_cells_giou'])}")
     print(f"  targets whose cell is named {multi['target_recall']:.3f}; named cells on a target {multi['cell_precision']:.3f}")
 
 

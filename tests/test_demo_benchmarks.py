@@ -71,6 +71,11 @@ def test_answer_breakdown_and_family_scores(tmp_path):
     assert abs(scores["all with a target"]["ciou"] - 25 / 60) < 1e-9
     assert scores["no_target"]["no_seg"] == 1.0 and scores["spatial"]["n"] == 2
 
+    # rows with nothing to score print "-", not "nan": an empty answer kind, a cIoU over no pixels at all
+    assert benchmark._figure(kinds["target, cell one off"]["giou"]) == "-"
+    assert benchmark._figure(scores["no_target"]["ciou"], 8) == "       -"
+    assert benchmark._figure(0.8125, 8) == "   0.812"
+
 
 def test_multi_target_breakdown(tmp_path):
     benchmark = _load_benchmark()
