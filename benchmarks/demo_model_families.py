@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections import defaultdict
 from functools import lru_cache
@@ -147,7 +148,8 @@ def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
 
 def _figure(value: float, width: int = 0) -> str:
     """A score to three places, or "-" where nothing was scored (an empty row, or a cIoU over no target pixels)."""
-    return f"{'-' if value != value else f'{value:.3f}':>{width}}"
+    text = "-" if math.isnan(value) else f"{value:.3f}"
+    return text.rjust(width)
 
 
 def _print_kinds(title: str, kinds: dict[str, dict[str, float]]) -> None:
