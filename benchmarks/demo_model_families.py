@@ -163,6 +163,10 @@ def main() -> None:
     parser.add_argument("eval_dir", type=Path, help="the --out folder of `reasonseg eval`")
     parser.add_argument("data_dir", type=Path, help="the split folder the eval read (its JSONs name each family)")
     args = parser.parse_args()
+    if not (args.eval_dir / "per_sample.jsonl").is_file():
+        parser.error(f"{args.eval_dir} has no per_sample.jsonl; pass the --out folder of `reasonseg eval`")
+    if not any(args.data_dir.glob("*.json")):
+        parser.error(f"{args.data_dir} has no scene JSONs; pass the split folder the eval read, e.g. runs/demo/world/test")
     scores = family_scores(args.eval_dir / "per_sample.jsonl", args.data_dir)
     print(f"{'family':<18}{'n':>5}{'gIoU':>8}{'cIoU':>8}{'no [SEG]':>10}")
     for family in sorted(scores, key=lambda f: (f.startswith("all"), f)):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "demo" / "toy_llava"
@@ -138,3 +139,16 @@ def test_list_grounding_counts_every_coordinate_of_a_list_turn(monkeypatch):
     monkeypatch.setattr(grounding, "teacher_forced", predict_with(True))
     half = grounding.list_grounding(None, tokenizer, processor, config, scenes)
     assert half["token_accuracy"] == 0.5 and half["all_right"] == 0.0
+
+
+def test_families_benchmark_names_a_wrong_folder(tmp_path, monkeypatch, capsys):
+    benchmark = _load_benchmark()
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "per_sample.jsonl").write_text("")
+    for argv, message in [([str(tmp_path / "nowhere"), str(tmp_path)], "has no per_sample.jsonl"),
+                          ([str(tmp_path / "eval"), str(tmp_path / "eval")], "has no scene JSONs")]:
+        monkeypatch.setattr("sys.argv", ["demo_model_families.py", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main()
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
