@@ -82,6 +82,22 @@ def test_loss_falls_and_export_reproduces_the_trained_model(workspace):
     assert prediction.masks and prediction.masks[0].shape == (48, 64)
 
 
+def test_train_sam_encoder_trains_and_exports_sams_image_encoder(workspace):
+    frozen = train(_config(workspace, "frozen", steps_per_epoch=2, save_every=2), progress=False)
+    assert not any("vision_encoder" in k for k in torch.load(frozen / "checkpoint-2" / STATE_FILE, weights_only=True)["trainable"])
+    run = train(_config(workspace, "encoder", steps_per_epoch=2, save_every=2, train_sam_encoder="true"), progress=False)
+    state = torch.load(run / "checkpoint-2" / STATE_FILE, weights_only=True)["trainable"]
+    base = build_tiny_model(seed=0)[0].sam.vision_encoder.state_dict()
+    exported = Segmenter.from_pretrained(str(export_run(run, workspace / "exported")), device="cpu").model
+    trained = exported.sam.vision_encoder.state_dict()
+    encoder_keys = {k for k in state if ".sam.vision_encoder." in k}
+    assert len(encoder_keys) == len(base)  # every tensor of the encoder was trained ...
+    moved = [name for name in base if not torch.equal(trained[name], base[name])]
+    assert len(moved) > len(base) // 2  # ... moved by the mask losses, and exported with the rest
+    key = next(k for k in encoder_keys if k.endswith("patch_embed.projection.weight"))
+    torch.testing.assert_close(trained["patch_embed.projection.weight"], state[key])
+
+
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(workspace):
     whole = train(_config(workspace, "whole", steps_per_epoch=6, save_every=3), progress=False)

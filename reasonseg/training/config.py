@@ -62,6 +62,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     lora: LoraSpec = field(default_factory=LoraSpec)
     train_mask_decoder: bool = True
+    # LISA keeps SAM's image encoder frozen; training it too helps where SAM is small or far from the data's domain
+    # (the demo model's toy SAM), at the cost of the encoder's activations and gradients in memory
+    train_sam_encoder: bool = False
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5

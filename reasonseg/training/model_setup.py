@@ -86,6 +86,12 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
     if config.train_mask_decoder:
         for parameter in base.sam.mask_decoder.parameters():
             parameter.requires_grad_(True)
+    if config.train_sam_encoder:
+        if not hasattr(base, "sam"):
+            raise InputError(f"train_sam_encoder applies to SAM-based (LISA-style) models only, not "
+                             f"{type(base).__name__}: set it to false")
+        for parameter in base.sam.vision_encoder.parameters():
+            parameter.requires_grad_(True)
     for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
         train_rows_only(matrix, trainable_token_ids)
     base.config.ce_loss_weight = config.ce_loss_weight
