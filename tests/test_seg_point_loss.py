@@ -102,6 +102,19 @@ def test_training_config_sets_the_weight_and_sa2va_refuses_it(tiny):
         prepare_for_training(sa2va, config, [sa2va_processor.seg_token_id])
 
 
+def test_weight_zero_turns_off_the_loss_a_model_was_saved_with(tiny):
+    # a model exported from a run with the loss on keeps its weight in config.json; a run with 0 must turn it off
+    model, processor = tiny
+    model.config.seg_point_loss_weight = 1.0
+    config = load_training_config(None, ["model=unused", "datasets=[{kind: custom, path: unused}]"])
+    assert config.seg_point_loss_weight == 0
+    base = prepare_for_training(model, config, [processor.seg_token_id]).get_base_model()
+    batch, _ = _batch(processor)
+    base.train()
+    out = base(**batch)
+    assert base.config.seg_point_loss_weight == 0 and out.seg_point_loss is None
+
+
 def test_a_few_steps_on_the_point_loss_alone_lower_it(tiny):
     model, processor = tiny
     batch, _ = _batch(processor)

@@ -97,10 +97,10 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
     base.config.ce_loss_weight = config.ce_loss_weight
     base.config.bce_loss_weight = config.bce_loss_weight
     base.config.dice_loss_weight = config.dice_loss_weight
-    if config.seg_point_loss_weight:
-        if not hasattr(base, "seg_point_loss"):
-            raise InputError(f"seg_point_loss_weight applies to SAM-based (LISA-style) models only, not "
-                             f"{type(base).__name__}: set it to 0")
+    if config.seg_point_loss_weight and not hasattr(base, "seg_point_loss"):
+        raise InputError(f"seg_point_loss_weight applies to SAM-based (LISA-style) models only, not "
+                         f"{type(base).__name__}: set it to 0")
+    if hasattr(base, "seg_point_loss"):  # set even to 0: a model exported from a run with it on keeps its weight
         base.config.seg_point_loss_weight = config.seg_point_loss_weight
     if config.gradient_checkpointing:
         # the causal LM where the model keeps one (LISA, InternVL-family Sa2VA), else its decoder (Qwen-VL Sa2VA)
