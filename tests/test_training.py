@@ -116,6 +116,25 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(workspace):
         torch.testing.assert_close(a["trainable"][name], b["trainable"][name], atol=1e-6, rtol=0)
 
 
+def test_a_new_run_never_starts_over_an_old_runs_checkpoints(workspace):
+    run = train(_config(workspace, "run", steps_per_epoch=2, save_every=2), progress=False)
+    saved = (run / "checkpoint-2" / STATE_FILE).read_bytes()
+    with pytest.raises(InputError, match="already holds checkpoints; pass --resume"):
+        train(_config(workspace, "run", steps_per_epoch=4, save_every=2), progress=False)
+    assert (run / "checkpoint-2" / STATE_FILE).read_bytes() == saved
+    broken = workspace / "broken"
+    (broken / "checkpoint-1").mkdir(parents=True)  # no state file: a copy cut short
+    with pytest.raises(InputError, match="no complete checkpoint to resume from"):
+        train(_config(workspace, "broken", steps_per_epoch=2), resume=True, progress=False)
+    # a run killed before its first checkpoint leaves only log lines: a new start replaces them
+    killed = workspace / "killed"
+    killed.mkdir()
+    (killed / "log.jsonl").write_text("".join(json.dumps({"event": "train", "step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    train(_config(workspace, "killed", steps_per_epoch=2, save_every=2), progress=False)
+    assert [r["step"] for r in _records(killed, "train")] == [1, 2]
+    assert all(r["loss"] != 9.0 for r in _records(killed, "train"))
+
+
 def test_config_errors_are_one_line(workspace):
     with pytest.raises(InputError, match="unknown training config keys: bogus"):
         load_training_config(None, ["model=x", "datasets=[{kind: custom, path: x}]", "bogus=1"])

@@ -27,7 +27,7 @@ from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
-    latest_checkpoint,
+    checkpoint_to_resume,
     load_checkpoint,
     load_init_weights,
     new_accelerator,
@@ -265,13 +265,9 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = 0
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if resume and checkpoint is None and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
-        raise InputError(f"{output_dir} holds no complete checkpoint to resume from; remove it or start without --resume")
+    checkpoint = checkpoint_to_resume(output_dir, resume)
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, model, optimizer, scheduler)
-    elif output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
-        raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
     elif config.init_from:
         load_init_weights(Path(config.init_from), model, SamModel, "toy SAM")
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,18 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[1])) if complete else None
 
 
+def checkpoint_to_resume(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint a run continues from (None: a fresh start). Refuses to start a new run over an old run's
+    checkpoints, and to resume from a folder whose checkpoints are all incomplete."""
+    started = output_dir.is_dir() and any(output_dir.glob("checkpoint-*"))
+    checkpoint = latest_checkpoint(output_dir) if resume and output_dir.is_dir() else None
+    if resume and started and checkpoint is None:
+        raise InputError(f"{output_dir} holds no complete checkpoint to resume from; remove it or start without --resume")
+    if started and not resume:
+        raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    return checkpoint
+
+
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, config: TrainingConfig) -> Path:
     target = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".tmp-checkpoint-{step}"
@@ -275,6 +287,7 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
     ``{"event": "validation", "step", "giou", "ciou", "count", ...}`` line per validation.
     """
     output_dir = Path(config.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, resume)  # before the model loads: a wrong folder fails at once
     accelerator = _make_accelerator(config)
     check_quantized_training(config, str(accelerator.device))
     if accelerator.is_main_process:
@@ -292,7 +305,6 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
     optimizer, scheduler = build_optimizer(model, config)
 
     start_step = 0
-    checkpoint = latest_checkpoint(output_dir) if resume and output_dir.is_dir() else None
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {start_step}")
@@ -310,7 +322,7 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
     loader = accelerator.skip_first_batches(loader, start_step * config.grad_accumulation_steps)
 
     is_main = accelerator.is_main_process
-    if is_main and checkpoint is not None:
+    if is_main:  # a fresh start drops what a run killed before its first checkpoint logged
         _truncate_log(output_dir, start_step)
     if is_main:
         (output_dir / RUN_INFO_FILE).write_text(json.dumps({

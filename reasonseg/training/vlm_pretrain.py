@@ -55,7 +55,7 @@ from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
-    latest_checkpoint,
+    checkpoint_to_resume,
     load_checkpoint,
     load_init_weights,
     new_accelerator,
@@ -512,9 +512,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is None and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
-        raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    checkpoint = checkpoint_to_resume(output_dir, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = output_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").is_file():
