@@ -12,8 +12,9 @@ Then it splits the single-target answers by what they say ("the small red star a
 colour and shape or another object, and the one grid cell named against the cell of the target's innermost point
 (the same, one off, further), or no [SEG] at all; the mean IoU of each part says how much of the gap is the
 language model naming the wrong object or place and how much is the mask decoder outlining the right place badly.
-Last, the several-target answers: their [SEG] count against the number of targets, and how many of the targets'
-cells they name.
+Then the several-target answers: their [SEG] count against the number of targets, and how many of the targets'
+cells they name. Last, the masks of the right answers (the target and its cell) by the target's shape, size word and
+visibility: where the mask decoder, not the language model, loses.
 """
 
 from __future__ import annotations
@@ -146,6 +147,21 @@ def multi_target_breakdown(per_sample: Path, data_dir: Path) -> dict:
             "all_cells_giou": sum(exact) / len(exact) if exact else float("nan")}
 
 
+def right_answer_masks(per_sample: Path, data_dir: Path) -> dict[str, dict[str, float]]:
+    """``{"shape <s>" / "size <w>" / "visible <90 %" / "visible >=90 %": {"n", "giou"}}``: the mean IoU of the
+    single-target answers that name the target and its cell, by the target's shape, size word and visible share."""
+    ious: dict[str, list[float]] = defaultdict(list)
+    for record in _generate_records(per_sample):
+        annotation = _annotation(data_dir, record)
+        if len(annotation["targets"]) != 1 or answer_kind(record, annotation) != ANSWER_KINDS[0]:
+            continue
+        target = annotation["objects"][annotation["targets"][0]]
+        visible = "visible <90 %" if target.get("visible_fraction", 1.0) < 0.9 else "visible >=90 %"
+        for group in (f"shape {target['shape']}", f"size {target['size']}", visible):
+            ious[group].append(record["iou"])
+    return {group: {"n": len(v), "giou": sum(v) / len(v)} for group, v in sorted(ious.items())}
+
+
 def _figure(value: float, width: int = 0) -> str:
     """A score to three places, or "-" where nothing was scored (an empty row, or a cIoU over no target pixels)."""
     text = "-" if math.isnan(value) else f"{value:.3f}"
@@ -178,6 +194,10 @@ def main() -> None:
     _print_kinds("several-target answers", multi["kinds"])
     print(f"  every target's cell, no other  {multi['all_cells']:>4.0%}  gIoU {_figure(multi['all_cells_giou'])}")
     print(f"  targets whose cell is named {multi['target_recall']:.3f}; named cells on a target {multi['cell_precision']:.3f}")
+    masks = right_answer_masks(args.eval_dir / "per_sample.jsonl", args.data_dir)
+    print("masks of the answers naming the target and its cell:")
+    for by in ("shape", "size", "visible"):
+        print("  " + "; ".join(f"{group} {m['giou']:.3f} ({m['n']})" for group, m in masks.items() if group.startswith(by)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _load_benchmark(name: str = "demo_model_families"):
 
 
 def _annotation(family, targets, points, width=160, height=80):
-    objects = [{"point": list(p), "colour": colour, "shape": shape}
+    objects = [{"point": list(p), "colour": colour, "shape": shape, "size": "medium"}
                for p, (colour, shape) in zip(points, [("red", "star"), ("blue", "heart")])]
     return {"family": family, "targets": targets, "width": width, "height": height, "objects": objects}
 
@@ -71,6 +71,16 @@ def test_answer_breakdown_and_family_scores(tmp_path):
     assert scores["all with a target"]["n"] == 6  # the lisa-mode record and the no-target one are left out
     assert abs(scores["all with a target"]["ciou"] - 25 / 60) < 1e-9
     assert scores["no_target"]["no_seg"] == 1.0 and scores["spatial"]["n"] == 2
+
+    # the right answers' masks (the red star of "a", 0.9; the blue heart of "b", 0.7) by the target's shape, size
+    # and visible share
+    annotations["a"]["objects"][0].update(size="small", visible_fraction=0.5)
+    (tmp_path / "a.json").write_text(json.dumps(annotations["a"]))
+    benchmark._read_annotation.cache_clear()
+    masks = benchmark.right_answer_masks(per_sample, tmp_path)
+    assert {group: (m["n"], m["giou"]) for group, m in masks.items()} == {
+        "shape heart": (1, 0.7), "shape star": (1, 0.9), "size medium": (1, 0.7), "size small": (1, 0.9),
+        "visible <90 %": (1, 0.9), "visible >=90 %": (1, 0.7)}
 
     # rows with nothing to score print "-", not "nan": an empty answer kind, a cIoU over no pixels at all
     assert benchmark._figure(kinds["target, cell one off"]["giou"]) == "-"
