@@ -97,7 +97,7 @@ def test_make_demo_query_segments_the_circle(demo_segmenter):
     result = demo_segmenter.predict(image, "Which shape has no corners? Please output segmentation mask.")
     assert len(result.masks) == 1 and "circle" in result.text, result.text
     red = (image[..., 0] > 180) & (image[..., 1] < 80) & (image[..., 2] < 80)
-    assert _iou(result, red) >= 0.85  # measured 0.983 (session 19's model; session 18's: 0.982)
+    assert _iou(result, red) >= 0.85  # measured 0.981 (session 19's model; session 18's: 0.982)
 
 
 @pytest.mark.xfail(not MEETS_TARGETS, strict=False,
