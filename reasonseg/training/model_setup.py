@@ -87,9 +87,6 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
         for parameter in base.sam.mask_decoder.parameters():
             parameter.requires_grad_(True)
     if config.train_sam_encoder:
-        if not hasattr(base, "sam"):
-            raise InputError(f"train_sam_encoder applies to SAM-based (LISA-style) models only, not "
-                             f"{type(base).__name__}: set it to false")
         for parameter in base.sam.vision_encoder.parameters():
             parameter.requires_grad_(True)
     for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
@@ -97,11 +94,11 @@ def prepare_for_training(model: ReasonSegForCausalLM, config: TrainingConfig, tr
     base.config.ce_loss_weight = config.ce_loss_weight
     base.config.bce_loss_weight = config.bce_loss_weight
     base.config.dice_loss_weight = config.dice_loss_weight
-    if config.seg_point_loss_weight and not hasattr(base, "seg_point_loss"):
-        raise InputError(f"seg_point_loss_weight applies to SAM-based (LISA-style) models only, not "
-                         f"{type(base).__name__}: set it to 0")
     if hasattr(base, "seg_point_loss"):  # set even to 0: a model exported from a run with it on keeps its weight
         base.config.seg_point_loss_weight = config.seg_point_loss_weight
+    elif config.seg_point_loss_weight:
+        raise InputError(f"seg_point_loss_weight applies to SAM-based (LISA-style) models only, not "
+                         f"{type(base).__name__}: set it to 0")
     if config.gradient_checkpointing:
         # the causal LM where the model keeps one (LISA, InternVL-family Sa2VA), else its decoder (Qwen-VL Sa2VA)
         set_activation_checkpointing(getattr(base, "language_model", None) or base.decoder, True)

@@ -101,12 +101,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def checkpoint_to_resume(output_dir: Path, resume: bool) -> Path | None:
     """The checkpoint a run continues from (None: a fresh start). Refuses to start a new run over an old run's
     checkpoints, and to resume from a folder whose checkpoints are all incomplete."""
-    started = output_dir.is_dir() and any(output_dir.glob("checkpoint-*"))
-    checkpoint = latest_checkpoint(output_dir) if resume and output_dir.is_dir() else None
-    if resume and started and checkpoint is None:
-        raise InputError(f"{output_dir} holds no complete checkpoint to resume from; remove it or start without --resume")
-    if started and not resume:
+    if not (output_dir.is_dir() and any(output_dir.glob("checkpoint-*"))):
+        return None
+    if not resume:
         raise InputError(f"{output_dir} already holds checkpoints; pass --resume to continue or choose another output_dir")
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        raise InputError(f"{output_dir} holds no complete checkpoint to resume from; remove it or start without --resume")
     return checkpoint
 
 
@@ -322,9 +323,8 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
     loader = accelerator.skip_first_batches(loader, start_step * config.grad_accumulation_steps)
 
     is_main = accelerator.is_main_process
-    if is_main:  # a fresh start drops what a run killed before its first checkpoint logged
-        _truncate_log(output_dir, start_step)
     if is_main:
+        _truncate_log(output_dir, start_step)  # a fresh start drops what a run killed before its first checkpoint logged
         (output_dir / RUN_INFO_FILE).write_text(json.dumps({
             "num_processes": accelerator.num_processes,
             "distributed_type": str(accelerator.distributed_type).split(".")[-1],
