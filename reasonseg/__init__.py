@@ -6,7 +6,13 @@ for custom models. Importing transformers costs seconds, so the registration run
 (at once if it already is), not on every ``import reasonseg``.
 """
 
+import logging
 import sys
+
+# On import, bitsandbytes' CPU backend tries to fetch an optional 4-bit kernel from the Hugging Face hub through the
+# `kernels` package (a transformers dependency) and logs a warning when it cannot (offline, or an untrusted publisher);
+# its own CPU path works without it. Training imports accelerate, which imports bitsandbytes, so every run printed it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

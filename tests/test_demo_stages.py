@@ -98,6 +98,28 @@ def test_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path, stage,
                  f"init_from={tmp_path}", *settings]) == 1
 
 
+def test_wider_image_encoder_starts_from_an_earlier_sams_prompt_encoder_and_mask_decoder(tmp_path):
+    config = STAGE_CONFIGS["sam"]
+    first = tmp_path / "narrow"
+    assert main(["pretrain", "sam", "--config", config, f"output_dir={first}", *TINY_SAM]) == 0
+    before = _final_weights(first)
+    wide = tmp_path / "wide"
+    assert main(["pretrain", "sam", "--config", config, f"output_dir={wide}", f"init_decoder_from={first / 'model'}",
+                 *TINY_SAM, "encoder_width=48", "encoder_depth=3", "global_attn_indexes=[2]",
+                 "steps=1", "lr=0", "warmup_steps=0", "val_every=0"]) == 0
+    after = _final_weights(wide)
+    carried = [name for name in before if not name.startswith("vision_encoder.")]
+    assert len(carried) > 50 and any(name.startswith("mask_decoder.") for name in carried)
+    for name in carried:
+        torch.testing.assert_close(after[name], before[name], atol=0, rtol=0, msg=name)
+    assert after["vision_encoder.patch_embed.projection.weight"].shape[0] == 48
+    assert "vision_encoder.layers.2.attn.qkv.weight" in after
+    # a decoder of another width, a folder without a saved SAM, and both init keys: one line each
+    for bad in ([f"init_decoder_from={first / 'model'}", "embed_dim=48"], [f"init_decoder_from={tmp_path}"],
+                [f"init_decoder_from={first / 'model'}", f"init_from={first / 'model'}"]):
+        assert main(["pretrain", "sam", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_SAM, *bad]) == 1
+
+
 def test_vlm_curriculum_keeps_scenes_with_few_objects():
     counts = {index: len(generate_scene(split_seed("train", index)).objects) for index in range(40)}
     for index, count in counts.items():

@@ -23,6 +23,21 @@ def saved_tiny(tmp_path_factory):
     return str(directory)
 
 
+def test_bitsandbytes_optional_hub_kernel_warning_is_quiet():
+    """bitsandbytes' CPU backend warns on import when it cannot fetch an optional kernel from the hub (always, offline);
+    its fallback works, so reasonseg quiets that one logger and nothing else of bitsandbytes."""
+    import logging
+    import subprocess
+    import sys
+
+    import reasonseg  # noqa: F401
+
+    assert logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel() == logging.ERROR
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() == logging.WARNING
+    run = subprocess.run([sys.executable, "-c", "import reasonseg, bitsandbytes"], capture_output=True, text=True, check=True)
+    assert "gemm_4bit_forward" not in run.stderr + run.stdout
+
+
 # measured on this tiny model: correlation of mask logits with fp32 0.9999+ (8-bit), 0.99+ (nf4)
 @pytest.mark.parametrize("flag, min_correlation", [("load_in_8bit", 0.999), ("load_in_4bit", 0.95)])
 def test_quantised_model_gives_masks_close_to_fp32(saved_tiny, rgb_image, flag, min_correlation):

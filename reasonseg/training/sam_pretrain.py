@@ -76,6 +76,9 @@ class SamPretrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
     init_from: str = ""  # a later phase: an earlier run's model or checkpoint folder (fresh optimizer and schedule)
+    # a new image encoder (e.g. wider) for a trained toy SAM: its prompt encoder and mask decoder start this run, the
+    # encoder starts fresh and learns to feed them (a cold start of a wider encoder learns far slower, session 20)
+    init_decoder_from: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +96,9 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
         raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
     if max(config.global_attn_indexes, default=-1) >= config.encoder_depth:
         raise InputError(f"global_attn_indexes {config.global_attn_indexes} name blocks beyond encoder_depth {config.encoder_depth}")
+    if config.init_from and config.init_decoder_from:
+        raise InputError("init_from and init_decoder_from both set: init_from continues a whole toy SAM, "
+                         "init_decoder_from only its prompt encoder and mask decoder; keep one")
     return config
 
 
@@ -127,6 +133,22 @@ def build_sam(config: SamPretrainConfig) -> SamModel:
     if config.positional_attention_gain:
         _start_cross_attention_positional(model, config.positional_attention_gain)
     return model
+
+
+def load_prompt_side(folder: Path, model: SamModel) -> None:
+    """Copy everything but the image encoder (prompt encoder, mask decoder, the shared positional embedding) of the
+    toy SAM saved in ``folder`` into ``model``."""
+    if not (folder / "config.json").is_file():
+        raise InputError(f"init_decoder_from {folder} is not a saved toy SAM (no config.json); "
+                         f"give a run's model folder, e.g. <output_dir>/{FINAL_MODEL_DIR}")
+    source = SamModel.from_pretrained(folder).state_dict()
+    target = model.state_dict()
+    wanted = [name for name in target if not name.startswith("vision_encoder.")]
+    for name in wanted:
+        if name not in source or source[name].shape != target[name].shape:
+            raise InputError(f"init_decoder_from {folder} has no {name} of this config's size; "
+                             f"set embed_dim, decoder_mlp_dim and decoder_heads as it was trained with")
+    model.load_state_dict({name: source[name] for name in wanted}, strict=False)
 
 
 def _init_like_segment_anything(model: SamModel) -> None:
@@ -270,6 +292,8 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
         start = load_checkpoint(checkpoint, model, optimizer, scheduler)
     elif config.init_from:
         load_init_weights(Path(config.init_from), model, SamModel, "toy SAM")
+    elif config.init_decoder_from:
+        load_prompt_side(Path(config.init_decoder_from), model)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(json.dumps(config.to_dict(), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)
