@@ -162,3 +162,26 @@ def test_families_benchmark_names_a_wrong_folder(tmp_path, monkeypatch, capsys):
             benchmark.main()
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_toy_sam_masks_groups_every_object_and_bounds_the_low_res_mask():
+    import numpy as np
+
+    from reasonseg.training.sam_pretrain import build_sam, evaluate_sam, load_sam_pretrain_config
+
+    benchmark = _load_benchmark("toy_sam_masks")
+    config = load_sam_pretrain_config("configs/demo/toy_sam.yaml", ["image_size=64", "encoder_width=32",
+                                                                     "embed_dim=32", "decoder_mlp_dim=64"])
+    model = build_sam(config)
+    table = benchmark.mask_ious_by_group(model, 3)
+    assert model.training  # the scoring leaves the model in the mode it found it
+    for kind, expected in evaluate_sam(model, config, 3).items():
+        every = table[(kind.removesuffix("_miou"), "all", "all")]
+        assert np.mean(every) == pytest.approx(expected)
+        for group in benchmark.GROUPS:  # each group splits the same objects
+            parts = [values for (k, g, _), values in table.items() if k == kind.removesuffix("_miou") and g == group]
+            assert sum(len(values) for values in parts) == len(every)
+            assert sum(sum(values) for values in parts) == pytest.approx(sum(every))
+    coarse, fine = (benchmark.low_res_ceiling(64, size, 3) for size in (8, 64))
+    assert len(coarse) == len(every) and 0 < np.mean(coarse) < np.mean(fine) <= 1
+    assert np.mean(fine) > 0.85  # a 64x64 grid on a 64-px SAM input: only the resize loses (measured 0.883)

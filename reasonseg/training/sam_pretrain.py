@@ -247,12 +247,12 @@ def prompt_losses(model: SamModel, batch: PromptBatch, use_boxes: bool) -> dict[
 
 
 @torch.no_grad()
-def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, split: str = "val") -> dict[str, float]:
-    """Mean IoU at the original image size of every object of ``num_scenes`` scenes, prompted by its innermost
-    point and by its box."""
-    transform = SamTransform(config.image_size)
+def prompted_object_ious(model: SamModel, image_size: int, num_scenes: int, split: str = "val"):
+    """Yield ``(scene, object, prompt kind, IoU)`` for every object of ``num_scenes`` scenes of ``split``, prompted by
+    its innermost point and by its box; IoU at the original image size."""
+    transform = SamTransform(image_size)
+    was_training = model.training
     model.eval()
-    ious = {"point": [], "box": []}
     for index in range(num_scenes):
         scene = generate_scene(split_seed(split, index))
         pixel_values, resized = transform(Image.fromarray(scene.image))
@@ -265,12 +265,20 @@ def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, sp
             ("box", {"input_boxes": boxes}),
         ):
             out = model(image_embeddings=embedding, multimask_output=False, **prompts)
-            logits = upscale_mask_logits(out.pred_masks[0, :, 0], resized, (scene.height, scene.width), config.image_size)
+            logits = upscale_mask_logits(out.pred_masks[0, :, 0], resized, (scene.height, scene.width), image_size)
             for obj, predicted in zip(scene.objects, (logits > 0).numpy()):
                 truth = obj.mask
                 union = np.logical_or(predicted, truth).sum()
-                ious[kind].append(np.logical_and(predicted, truth).sum() / union if union else 1.0)
-    model.train()
+                yield scene, obj, kind, float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+    model.train(was_training)
+
+
+def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, split: str = "val") -> dict[str, float]:
+    """Mean IoU at the original image size of every object of ``num_scenes`` scenes, prompted by its innermost
+    point and by its box."""
+    ious = {"point": [], "box": []}
+    for _, _, kind, iou in prompted_object_ious(model, config.image_size, num_scenes, split):
+        ious[kind].append(iou)
     return {f"{kind}_miou": float(np.mean(values)) for kind, values in ious.items()}
 
 
