@@ -167,7 +167,7 @@ def test_families_benchmark_names_a_wrong_folder(tmp_path, monkeypatch, capsys):
 def test_toy_sam_masks_groups_every_object_and_bounds_the_low_res_mask():
     import numpy as np
 
-    from reasonseg.training.sam_pretrain import build_sam, evaluate_sam, load_sam_pretrain_config
+    from reasonseg.training.sam_pretrain import build_sam, evaluate_sam, load_sam_pretrain_config, prompted_object_ious
 
     benchmark = _load_benchmark("toy_sam_masks")
     config = load_sam_pretrain_config("configs/demo/toy_sam.yaml", ["image_size=64", "encoder_width=32",
@@ -175,6 +175,11 @@ def test_toy_sam_masks_groups_every_object_and_bounds_the_low_res_mask():
     model = build_sam(config)
     table = benchmark.mask_ious_by_group(model, 3)
     assert model.training  # the scoring leaves the model in the mode it found it
+    reading = prompted_object_ious(model, config.image_size, 3)
+    next(reading)
+    assert not model.training
+    reading.close()  # a caller that stops early gets its mode back too
+    assert model.training
     for kind, expected in evaluate_sam(model, config, 3).items():
         every = table[(kind.removesuffix("_miou"), "all", "all")]
         assert np.mean(every) == pytest.approx(expected)

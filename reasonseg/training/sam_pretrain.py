@@ -253,24 +253,26 @@ def prompted_object_ious(model: SamModel, image_size: int, num_scenes: int, spli
     transform = SamTransform(image_size)
     was_training = model.training
     model.eval()
-    for index in range(num_scenes):
-        scene = generate_scene(split_seed(split, index))
-        pixel_values, resized = transform(Image.fromarray(scene.image))
-        scale = resized[0] / scene.height
-        points = torch.tensor([[[[o.point[0] * scale, o.point[1] * scale]] for o in scene.objects]])
-        boxes = torch.tensor([[[v * scale for v in o.box] for o in scene.objects]])
-        embedding = model.get_image_embeddings(pixel_values[None])
-        for kind, prompts in (
-            ("point", {"input_points": points, "input_labels": torch.ones(points.shape[:3], dtype=torch.long)}),
-            ("box", {"input_boxes": boxes}),
-        ):
-            out = model(image_embeddings=embedding, multimask_output=False, **prompts)
-            logits = upscale_mask_logits(out.pred_masks[0, :, 0], resized, (scene.height, scene.width), image_size)
-            for obj, predicted in zip(scene.objects, (logits > 0).numpy()):
-                truth = obj.mask
-                union = np.logical_or(predicted, truth).sum()
-                yield scene, obj, kind, float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
-    model.train(was_training)
+    try:  # also when the caller stops reading early
+        for index in range(num_scenes):
+            scene = generate_scene(split_seed(split, index))
+            pixel_values, resized = transform(Image.fromarray(scene.image))
+            scale = resized[0] / scene.height
+            points = torch.tensor([[[[o.point[0] * scale, o.point[1] * scale]] for o in scene.objects]])
+            boxes = torch.tensor([[[v * scale for v in o.box] for o in scene.objects]])
+            embedding = model.get_image_embeddings(pixel_values[None])
+            for kind, prompts in (
+                ("point", {"input_points": points, "input_labels": torch.ones(points.shape[:3], dtype=torch.long)}),
+                ("box", {"input_boxes": boxes}),
+            ):
+                out = model(image_embeddings=embedding, multimask_output=False, **prompts)
+                logits = upscale_mask_logits(out.pred_masks[0, :, 0], resized, (scene.height, scene.width), image_size)
+                for obj, predicted in zip(scene.objects, (logits > 0).numpy()):
+                    truth = obj.mask
+                    union = np.logical_or(predicted, truth).sum()
+                    yield scene, obj, kind, float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+    finally:
+        model.train(was_training)
 
 
 def evaluate_sam(model: SamModel, config: SamPretrainConfig, num_scenes: int, split: str = "val") -> dict[str, float]:
