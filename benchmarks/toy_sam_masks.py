@@ -14,7 +14,9 @@ Last, the ceiling the low-resolution mask itself sets: each true mask taken down
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,9 +65,14 @@ def low_res_ceiling(image_size: int, low_res: int, scenes: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="toy SAM folders (transformers SamModel)")
+    parser.add_argument("models", nargs="+", type=Path, help="toy SAM folders (transformers SamModel)")
     parser.add_argument("--scenes", type=int, default=64, help="val scenes to score (default 64)")
     args = parser.parse_args()
+    for folder in args.models:  # all checked before any is scored
+        config = folder / "config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("model_type") != "sam":
+            parser.error(f"{folder} is not a saved toy SAM (no config.json of model_type sam); "
+                         f"pass a `reasonseg pretrain sam` model folder, e.g. artifacts/demo/toy_sam")
     torch.set_grad_enabled(False)
     for folder in args.models:
         model = SamModel.from_pretrained(folder).eval()

@@ -164,6 +164,18 @@ def test_families_benchmark_names_a_wrong_folder(tmp_path, monkeypatch, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_toy_sam_masks_benchmark_names_a_folder_that_is_no_toy_sam(tmp_path, monkeypatch, capsys):
+    benchmark = _load_benchmark("toy_sam_masks")
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "config.json").write_text('{"model_type": "llava"}')
+    for folder in (tmp_path / "nowhere", tmp_path / "llava"):
+        monkeypatch.setattr("sys.argv", ["toy_sam_masks.py", "artifacts/demo/toy_sam", str(folder)])
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main()
+        assert exit_info.value.code == 2
+        assert "is not a saved toy SAM" in capsys.readouterr().err
+
+
 def test_toy_sam_masks_groups_every_object_and_bounds_the_low_res_mask():
     import numpy as np
 
