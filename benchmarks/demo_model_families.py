@@ -14,7 +14,9 @@ colour and shape or another object, and the one grid cell named against the cell
 language model naming the wrong object or place and how much is the mask decoder outlining the right place badly.
 Then the several-target answers: their [SEG] count against the number of targets, and how many of the targets'
 cells they name. Last, the masks of the right answers (the target and its cell) by the target's shape, size word and
-visibility: where the mask decoder, not the language model, loses.
+visibility: where the mask decoder, not the language model, loses. And the query kinds (e.g. superlative/only_of_kind,
+"the only shape of its kind") whose single-target answers name the target and its cell least often: which questions
+the language model's grounding fails.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from reasonseg.data.toy_world.queries import point_cell
 
 ANSWER_CELL = re.compile(r"\((\d+), (\d+)\)")  # "at (3, 6)" in a grounded answer
+MIN_KIND_ANSWERS = 5  # fewer answers of a query kind say little about it
+WEAKEST_KINDS_SHOWN = 10
 
 
 def _generate_records(per_sample: Path):
@@ -162,6 +166,22 @@ def right_answer_masks(per_sample: Path, data_dir: Path) -> dict[str, dict[str, 
     return {group: {"n": len(v), "giou": sum(v) / len(v)} for group, v in sorted(ious.items())}
 
 
+def query_kind_rates(per_sample: Path, data_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(family, kind): {"n", "right", "other_object", "giou"}}`` over the single-target answers: per query kind,
+    the share that names the target and its cell, the share that names another object, and the mean IoU."""
+    kinds: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+    for record in _generate_records(per_sample):
+        annotation = _annotation(data_dir, record)
+        if len(annotation["targets"]) == 1:
+            key = (annotation["family"], annotation.get("kind", "?"))
+            kinds[key].append((answer_kind(record, annotation), record["iou"]))
+    return {key: {"n": len(answers),
+                  "right": sum(kind == ANSWER_KINDS[0] for kind, _ in answers) / len(answers),
+                  "other_object": sum(kind.startswith("other object") for kind, _ in answers) / len(answers),
+                  "giou": sum(iou for _, iou in answers) / len(answers)}
+            for key, answers in kinds.items()}
+
+
 def _figure(value: float, width: int = 0) -> str:
     """A score to three places, or "-" where nothing was scored (an empty row, or a cIoU over no target pixels)."""
     text = "-" if math.isnan(value) else f"{value:.3f}"
@@ -198,6 +218,13 @@ def main() -> None:
     print("masks of the answers naming the target and its cell:")
     for by in ("shape", "size", "visible"):
         print("  " + "; ".join(f"{group} {m['giou']:.3f} ({m['n']})" for group, m in masks.items() if group.startswith(by)))
+    rates = query_kind_rates(args.eval_dir / "per_sample.jsonl", args.data_dir)
+    weakest = sorted((key for key in rates if rates[key]["n"] >= MIN_KIND_ANSWERS), key=lambda key: rates[key]["right"])
+    print(f"query kinds whose answers name the target and its cell least often (of those with >= {MIN_KIND_ANSWERS} answers):")
+    for family, kind in weakest[:WEAKEST_KINDS_SHOWN]:
+        r = rates[(family, kind)]
+        print(f"  {family + '/' + kind:<29}{r['n']:>5}  right {r['right']:.2f}  other object {r['other_object']:.2f}"
+              f"  gIoU {r['giou']:.3f}")
 
 
 if __name__ == "__main__":

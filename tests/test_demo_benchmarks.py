@@ -88,6 +88,28 @@ def test_answer_breakdown_and_family_scores(tmp_path):
     assert benchmark._figure(0.8125, 8) == "   0.812"
 
 
+def test_query_kind_rates_split_single_target_answers_by_query_kind(tmp_path):
+    benchmark = _load_benchmark()
+    # pixel (65, 35) lies in cell (3, 3) of the 160x80 image's 8x8 grid; the blue heart's point is elsewhere
+    for name, kind in (("a", "only_of_kind"), ("b", "largest")):
+        annotation = _annotation("superlative", [0], [(65, 35), (5, 5)]) | {"kind": kind}
+        (tmp_path / f"{name}.json").write_text(json.dumps(annotation))
+    (tmp_path / "c.json").write_text(json.dumps(_annotation("multi_target", [0, 1], [(65, 35), (5, 5)])))
+    answers = [("a", "The red star at (3, 3) [SEG].", 0.9), ("a", "The blue heart at (0, 0) [SEG].", 0.0),
+               ("a", "The blue heart at (3, 3) [SEG].", 0.6), ("a", "There is none.", 0.0),
+               ("b", "The red star at (3, 3) [SEG].", 0.8), ("c", "At (3, 3) [SEG] and (0, 0) [SEG].", 0.5)]
+    per_sample = tmp_path / "per_sample.jsonl"
+    per_sample.write_text("".join(json.dumps({"id": i, "mode": "generate", "answer": a, "iou": iou,
+                                              "seg_count": a.count("[SEG]")}) + "\n" for i, a, iou in answers))
+
+    rates = benchmark.query_kind_rates(per_sample, tmp_path)
+    assert set(rates) == {("superlative", "only_of_kind"), ("superlative", "largest")}  # several targets left out
+    only = rates[("superlative", "only_of_kind")]
+    assert only["n"] == 4 and only["right"] == 0.25 and only["other_object"] == 0.5
+    assert abs(only["giou"] - 1.5 / 4) < 1e-9
+    assert rates[("superlative", "largest")] == {"n": 1, "right": 1.0, "other_object": 0.0, "giou": 0.8}
+
+
 def test_multi_target_breakdown(tmp_path):
     benchmark = _load_benchmark()
     # targets 0 and 1 in cells (3, 3) and (0, 0); object 2 (not a target) in cell (7, 7)
