@@ -14,7 +14,6 @@ Last, the ceiling the low-resolution mask itself sets: each true mask taken down
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import SamModel
 
+from reasonseg.checkpoints.loading import read_config
 from reasonseg.data.toy_world import generate_scene, split_seed
+from reasonseg.errors import CheckpointError
 from reasonseg.modeling.sam import upscale_mask_logits
 from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.training.sam_pretrain import padded_mask, prompted_object_ious
@@ -69,8 +70,11 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=64, help="val scenes to score (default 64)")
     args = parser.parse_args()
     for folder in args.models:  # all checked before any is scored
-        config = folder / "config.json"
-        if not config.is_file() or json.loads(config.read_text()).get("model_type") != "sam":
+        try:
+            model_type = read_config(folder).get("model_type")
+        except CheckpointError:  # no config.json, or one that is not JSON
+            model_type = None
+        if model_type != "sam":
             parser.error(f"{folder} is not a saved toy SAM (no config.json of model_type sam); "
                          f"pass a `reasonseg pretrain sam` model folder, e.g. artifacts/demo/toy_sam")
     torch.set_grad_enabled(False)

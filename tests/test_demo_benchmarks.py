@@ -190,7 +190,9 @@ def test_toy_sam_masks_benchmark_names_a_folder_that_is_no_toy_sam(tmp_path, mon
     benchmark = _load_benchmark("toy_sam_masks")
     (tmp_path / "llava").mkdir()
     (tmp_path / "llava" / "config.json").write_text('{"model_type": "llava"}')
-    for folder in (tmp_path / "nowhere", tmp_path / "llava"):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "sa')
+    for folder in (tmp_path / "nowhere", tmp_path / "llava", tmp_path / "broken"):
         monkeypatch.setattr("sys.argv", ["toy_sam_masks.py", "artifacts/demo/toy_sam", str(folder)])
         with pytest.raises(SystemExit) as exit_info:
             benchmark.main()
