@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
+from reasonseg.data.toy_world.queries import ONE_TARGET_KINDS
 from reasonseg.data.toy_world.turns import referring_question_text
 from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
@@ -34,12 +35,18 @@ PROBED_FAMILIES = ("attribute", "spatial", "superlative", "reasoning")
 QUESTION_FORMS = {"stage2": referring_question_text, "eval": lisa_question_text}
 
 
-def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=referring_question_text) -> dict[str, float]:
+def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, question=referring_question_text,
+          kinds=None) -> dict:
+    """The shares over the probed queries (only those of ``kinds``, when given), and ``by_kind``: each query kind's
+    ``(queries, share naming the target and its cell)``."""
     counts = {"names target": 0, "names its cell": 0, "both": 0, "cell within one": 0}
     asked = 0
+    by_kind: dict[str, list[int]] = {}
     for path in sorted(split_dir.glob("*.json"))[:limit]:
         annotation = json.loads(path.read_text())
         if len(annotation["targets"]) != 1 or annotation["family"] not in PROBED_FAMILIES:
+            continue
+        if kinds is not None and annotation.get("kind") not in kinds:
             continue
         image = Image.open(path.with_suffix(".png")).convert("RGB")
         answer = segmenter.predict(image, question(annotation["text"][0], annotation["is_sentence"]), max_new_tokens=40).text
@@ -50,7 +57,11 @@ def probe(segmenter: Segmenter, split_dir: Path, limit: int | None = None, quest
         counts["names its cell"] += right_cell
         counts["both"] += named and right_cell
         counts["cell within one"] += bool(offsets) and offsets[0] <= 1
-    return {"queries": asked, **{name: count / max(asked, 1) for name, count in counts.items()}}
+        tally = by_kind.setdefault(annotation.get("kind", "?"), [0, 0])
+        tally[0] += 1
+        tally[1] += named and right_cell
+    return {"queries": asked, **{name: count / max(asked, 1) for name, count in counts.items()},
+            "by_kind": {kind: (n, right / n) for kind, (n, right) in sorted(by_kind.items())}}
 
 
 def main() -> None:
@@ -60,12 +71,27 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="read only the first N query files")
     parser.add_argument("--question", choices=sorted(QUESTION_FORMS), default="stage2",
                         help="ask as stage 2's referring turns do (default) or as `reasonseg eval` does")
+    parser.add_argument("--kinds", default=None,
+                        help="comma-separated query kinds to probe only (e.g. only_of_kind,closest), each one's "
+                             "share printed as well")
     args = parser.parse_args()
-    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit, QUESTION_FORMS[args.question])
-    print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}, "
-          f"asked the {args.question} way")
+    kinds = None if args.kinds is None else {kind.strip() for kind in args.kinds.split(",") if kind.strip()}
+    if kinds is not None:
+        known = {kind for family in PROBED_FAMILIES for kind in ONE_TARGET_KINDS[family]}
+        if not kinds or kinds - known:
+            parser.error(f"--kinds {args.kinds!r}: use one-target kinds of {', '.join(PROBED_FAMILIES)}: "
+                         f"{', '.join(sorted(known))}")
+    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit, QUESTION_FORMS[args.question],
+                   kinds)
+    by_kind = scores.pop("by_kind")
+    print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}"
+          f"{'' if kinds is None else ' (kinds ' + ', '.join(sorted(kinds)) + ')'}, asked the {args.question} way")
     for name, share in scores.items():
         print(f"  {name:<16} {share:.3f}")
+    if kinds is not None:
+        print("  target and its cell, by kind:")
+        for kind, (count, right) in by_kind.items():
+            print(f"    {kind:<18}{count:>4}  {right:.3f}")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,43 @@ def test_toy_sam_masks_groups_every_object_and_bounds_the_low_res_mask():
     coarse, fine = (benchmark.low_res_ceiling(64, size, 3) for size in (8, 64))
     assert len(coarse) == len(every) and 0 < np.mean(coarse) < np.mean(fine) <= 1
     assert np.mean(fine) > 0.85  # a 64x64 grid on a 64-px SAM input: only the resize loses (measured 0.883)
+
+
+def test_referring_probe_keeps_only_the_asked_kinds_and_scores_each(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe_module = _load_benchmark("demo_referring_probe")
+    # 160x80 image, 8x8 grid: the red star's point (65, 35) lies in cell (3, 3)
+    files = {"a": ("closest", "the red star", "It is the red star at (3, 3)."),
+             "b": ("closest", "the red star", "It is the blue heart at (0, 0)."),
+             "c": ("only_of_kind", "the red star", "It is the red star at (4, 3)."),
+             "d": ("largest", "the red star", "It is the red star at (3, 3).")}
+    answers = {}
+    for name, (kind, text, answer) in files.items():
+        annotation = {**_annotation("superlative", [0], [(65, 35), (5, 5)]), "kind": kind, "text": [f"{text} {name}"],
+                      "is_sentence": False}
+        (tmp_path / f"{name}.json").write_text(json.dumps(annotation))
+        Image.new("RGB", (160, 80)).save(tmp_path / f"{name}.png")
+        answers[f"Which shape is {text} {name}?"] = answer
+
+    class ScriptedSegmenter:
+        def predict(self, image, question, max_new_tokens):
+            return type("Prediction", (), {"text": answers[question]})()
+
+    scores = probe_module.probe(ScriptedSegmenter(), tmp_path, kinds={"closest", "only_of_kind"})
+    assert scores["queries"] == 3
+    assert scores["names target"] == pytest.approx(2 / 3) and scores["both"] == pytest.approx(1 / 3)
+    assert scores["cell within one"] == pytest.approx(2 / 3)
+    assert scores["by_kind"] == {"closest": (2, 0.5), "only_of_kind": (1, 0.0)}
+    everything = probe_module.probe(ScriptedSegmenter(), tmp_path)
+    assert everything["queries"] == 4 and everything["by_kind"]["largest"] == (1, 1.0)
+
+
+def test_referring_probe_names_an_unknown_kind(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe_module = _load_benchmark("demo_referring_probe")
+    monkeypatch.setattr("sys.argv", ["demo_referring_probe.py", "some/model", str(tmp_path), "--kinds", "nearest"])
+    with pytest.raises(SystemExit):
+        probe_module.main()
+    assert "--kinds 'nearest': use one-target kinds of" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.processing.processing_reasonseg import ReasonSegProcessor
 from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
 from reasonseg.data.toy_world.queries import grid_cell
+from reasonseg.data.toy_world.turns import referring_question, referring_turn
 from reasonseg.errors import InputError
 from reasonseg.training.vlm_pretrain import (
     IGNORE_INDEX,
@@ -597,3 +598,40 @@ def test_vlm_training_aid_trains_resumes_and_leaves_no_head_in_the_model(tmp_pat
 def test_vlm_target_patch_loss_needs_the_question_before_the_image():
     with pytest.raises(InputError, match="target_patch_weight needs image_placement=after_text"):
         load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["target_patch_weight=1.0"])
+
+
+def test_vlm_focus_turns_ask_the_rare_kinds_more_often():
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.queries import focus_queries
+    from reasonseg.training.vlm_pretrain import scene_turns_and_targets
+
+    rare = ["only_of_kind", "only_of_colour", "odd_shape", "closest", "farthest"]
+    base = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0"])
+    unused = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", f"focus_kinds=[{','.join(rare)}]"])
+    config = load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["referring_rate=1.0", f"focus_kinds=[{','.join(rare)}]",
+                                                                      "focus_rate=1.0"])
+    plain = focused = offered = 0
+    for index in range(60):
+        sample = generate_sample(split_seed("train", index))
+        turns = scene_turns(sample, np.random.default_rng(index), base)
+        # focus_rate 0 (the default) draws the same turns as before the knob existed, whatever focus_kinds says
+        assert scene_turns(sample, np.random.default_rng(index), unused) == turns
+        plain += sum(any(q.kind in rare and question == referring_question(q) for q in sample.queries)
+                     for question, _ in turns)
+        focus = focus_queries(sample.scene, sample.seed, rare)
+        offered += bool(focus)
+        turns, targets = scene_turns_and_targets(sample, np.random.default_rng(index), config)
+        for (question, answer), target in zip(turns, targets):
+            if not focus:
+                continue
+            query = next(q for q in focus if referring_turn(sample, q) == (question, answer))
+            assert target is sample.objects[query.targets[0]]
+            focused += 1
+    assert offered >= 20 and focused == offered * config.turns_per_image
+    assert plain < focused / 3
+    with pytest.raises(InputError, match="focus_rate 1.5"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["focus_rate=1.5", "focus_kinds=[closest]"])
+    with pytest.raises(InputError, match="focus_rate needs focus_kinds"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["focus_rate=0.5"])
+    with pytest.raises(InputError, match="unknown query kinds 'nearest'"):
+        load_vlm_pretrain_config("configs/demo/toy_llava.yaml", ["focus_kinds=[nearest]", "focus_rate=0.5"])

@@ -31,6 +31,7 @@ from reasonseg.data.toy_world import (
     write_example,
     write_reasonseg_split,
 )
+from reasonseg.data.toy_world.queries import ONE_TARGET_KINDS, focus_queries
 from reasonseg.data.toy_world.vocab import MIN_VISIBLE_FRACTION
 from reasonseg.data.toy_world.writer import example_sample
 from reasonseg.errors import InputError
@@ -257,3 +258,30 @@ def test_generation_is_fast():
     for seed in range(100, 150):
         generate_sample(seed)
     assert (time.perf_counter() - began) / 50 < 0.05  # a few ms in practice; loose for slow CI machines
+
+
+def test_focus_queries_ask_every_rare_kind_a_scene_offers(samples):
+    rare = ("only_of_kind", "only_of_colour", "odd_shape", "closest", "above")
+    asked = Counter()
+    for s in samples[:150]:
+        offered = {(q.family, q.kind, q.targets) for q in all_queries(s.scene, s.seed)}
+        focus = focus_queries(s.scene, s.seed, rare)
+        assert focus == focus_queries(s.scene, s.seed, list(reversed(rare)))  # seeded, order of kinds irrelevant
+        assert len({q.kind for q in focus}) == len(focus)  # one query per kind
+        assert {q.kind for q in focus} == {kind for _, kind, targets in offered if kind in rare and len(targets) == 1}
+        for q in focus:
+            assert (q.family, q.kind, q.targets) in offered and len(q.targets) == 1
+            assert q.kind in ONE_TARGET_KINDS[q.family]
+            assert q.answer.count("[SEG]") == 1
+            asked[q.kind] += 1
+    # make_queries asks each of these in 1-2 % of scenes' family queries; here, in every scene offering one
+    assert all(asked[kind] >= 10 for kind in rare), asked
+    assert focus_queries(samples[0].scene, 0, "closest") == focus_queries(samples[0].scene, 0, ["closest"])
+    with pytest.raises(InputError, match="unknown query kinds 'nearest'.*known one-target kinds: above"):
+        focus_queries(samples[0].scene, 0, ["nearest"])
+
+
+def test_one_target_kinds_list_every_kind_the_families_ask(samples):
+    kinds = {(q.family, q.kind) for s in samples for q in all_queries(s.scene, s.seed)
+             if len(q.targets) == 1 and q.family in ONE_TARGET_KINDS}
+    assert kinds == {(family, kind) for family, names in ONE_TARGET_KINDS.items() for kind in names}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from ..data.toy_world import generate_sample, generate_scene, phase_train_index,
 from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
-from ..data.toy_world.queries import GROUNDING_GRID, grid_cell
+from ..data.toy_world.queries import GROUNDING_GRID, focus_queries, grid_cell
 from ..data.toy_world.turns import (
     REGION_QUESTIONS,
     objects_alone_in_their_cell,
@@ -107,6 +107,12 @@ class VlmPretrainConfig:
     # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
     # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
     # vision tower's patches say what they show. The head is dropped from the saved model.
+    # query kinds that few scenes offer (the only shape of its colour, the closest one to ...) and the share of
+    # referring turns that ask one of them whenever the scene offers one: the world draws a family's kind evenly
+    # among those its scene offers, so such a kind is 1-2 % of the referring turns (session 21: their answers name
+    # the target a third as often as the common kinds'); ``focus_queries`` asks them on purpose
+    focus_kinds: list[str] = field(default_factory=list)
+    focus_rate: float = 0.0
     patch_label_weight: float = 0.0
     lr: float = 5e-4
     warmup_steps: int = 100
@@ -159,6 +165,12 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
         raise InputError(f"absent_rate {config.absent_rate} must be between 0 and 1 (a share of the referring turns)")
     if not 0 <= config.list_rate <= 1:
         raise InputError(f"list_rate {config.list_rate} must be between 0 and 1 (a share of the referring turns)")
+    if not 0 <= config.focus_rate <= 1:
+        raise InputError(f"focus_rate {config.focus_rate} must be between 0 and 1 (a share of the referring turns)")
+    if config.focus_rate and not config.focus_kinds:
+        raise InputError("focus_rate needs focus_kinds: the query kinds to ask more often, e.g. "
+                         "'focus_kinds=[only_of_kind,only_of_colour,closest]'")
+    focus_queries(generate_scene(0), 0, config.focus_kinds)  # an unknown kind is an InputError naming the known ones
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     check_image_placement(config.image_placement)
@@ -188,6 +200,7 @@ def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrai
     several = list_queries(sample)
     absent = [q for q in sample.queries if q.family == "no_target"]
     placed = objects_alone_in_their_cell(sample)
+    focus = focus_queries(sample.scene, sample.seed, config.focus_kinds) if config.focus_rate else []
     for _ in range(config.turns_per_image):
         draw = rng.random()
         target = None
@@ -201,7 +214,9 @@ def scene_turns_and_targets(sample, rng: np.random.Generator, config: VlmPretrai
             turns.append(list_turn(sample, query))
             target = tuple(sample.objects[index] for index in query.targets)
         elif referring and draw < config.referring_rate:
-            query = referring[int(rng.integers(len(referring)))]
+            # with no focus kind in the scene (or focus_rate 0) nothing more is drawn: earlier recipes keep their turns
+            pool = focus if focus and rng.random() < config.focus_rate else referring
+            query = pool[int(rng.integers(len(pool)))]
             turns.append(referring_turn(sample, query))
             target = sample.objects[query.targets[0]]
         elif placed and draw < config.referring_rate + config.region_rate:

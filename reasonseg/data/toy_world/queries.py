@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...errors import InputError
 from .scene import Scene, SceneObject
 from .vocab import (
     COLOUR_NAMES,
@@ -40,6 +41,16 @@ FAMILIES: tuple[str, ...] = (
     "no_target",
     "explanatory",
 )
+
+# the one-target kinds of each family that names its target (a query's ``kind``)
+ONE_TARGET_KINDS: dict[str, tuple[str, ...]] = {
+    "attribute": ("colour", "colour_shape", "shape", "size_colour_shape", "size_shape"),
+    "spatial": ("above", "below", "bottommost", "closest", "farthest", "left_of", "leftmost", "right_of", "rightmost",
+                "topmost"),
+    "superlative": ("largest", "odd_colour", "odd_shape", "only_of_colour", "only_of_kind", "smallest"),
+    "reasoning": ("colour_clue", "colour_mix", "could_roll", "fewest_corners", "most_corners", "no_corners",
+                  "shape_clue", "sides"),
+}
 
 # margins that make a query unambiguous
 EXTREME_MARGIN = 0.07  # leftmost etc.: the runner-up's centroid is this fraction of the image side further in
@@ -704,6 +715,34 @@ def make_queries(scene: Scene, seed: int, families=None) -> list[Query]:
         text, is_sentence, alternatives = _phrase(cand, rng)
         answer = _answer(w, cand, text, rng)
         queries.append(Query(fam, cand.kind, text, is_sentence, answer, cand.targets, alternatives))
+    return queries
+
+
+def focus_queries(scene: Scene, seed: int, kinds) -> list[Query]:
+    """One query for each of ``kinds`` the scene offers (one-target kinds of the attribute, spatial, superlative and
+    reasoning families), phrased and answered as :func:`make_queries` would, from a seeded stream of its own.
+
+    ``make_queries`` draws a family's kind evenly among the kinds its scene offers, so a kind that few scenes offer
+    (the only shape of its colour: about one scene in four) is rarely asked; this asks it whenever it is there."""
+    wanted = {kinds} if isinstance(kinds, str) else set(kinds)
+    known = {kind for family_kinds in ONE_TARGET_KINDS.values() for kind in family_kinds}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise InputError(f"unknown query kinds {', '.join(map(repr, unknown))}; known one-target kinds: "
+                         f"{', '.join(sorted(known))}")
+    w = _World(scene)
+    rng = random.Random(f"toy_world/focus/{seed}")
+    queries = []
+    for family in ONE_TARGET_KINDS:
+        by_kind: dict[str, list[_Candidate]] = {}
+        for cand in _BUILDERS[family](w):
+            if cand.kind in wanted and len(cand.targets) == 1 and cand.plural is None:
+                by_kind.setdefault(cand.kind, []).append(cand)
+        for kind in sorted(by_kind):
+            cand = rng.choice(by_kind[kind])
+            text, is_sentence, alternatives = _phrase(cand, rng)
+            queries.append(Query(family, kind, text, is_sentence, _answer(w, cand, text, rng), cand.targets,
+                                 alternatives))
     return queries
 
 
