@@ -99,7 +99,7 @@ def test_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path, stage,
                  f"init_from={tmp_path}", *settings]) == 1
 
 
-def test_wider_image_encoder_starts_from_an_earlier_sams_prompt_encoder_and_mask_decoder(tmp_path):
+def test_wider_image_encoder_starts_from_an_earlier_sams_prompt_encoder_and_mask_decoder(tmp_path, capsys):
     config = STAGE_CONFIGS["sam"]
     first = tmp_path / "narrow"
     assert main(["pretrain", "sam", "--config", config, f"output_dir={first}", *TINY_SAM]) == 0
@@ -119,6 +119,17 @@ def test_wider_image_encoder_starts_from_an_earlier_sams_prompt_encoder_and_mask
     for bad in ([f"init_decoder_from={first / 'model'}", "embed_dim=48"], [f"init_decoder_from={tmp_path}"],
                 [f"init_decoder_from={first / 'model'}", f"init_from={first / 'model'}"]):
         assert main(["pretrain", "sam", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_SAM, *bad]) == 1
+    # a config.json that is not JSON, and a saved model of another kind
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{not json")
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    capsys.readouterr()
+    for folder, message in (("corrupt", "config.json is not valid JSON"), ("llava", "holds a 'llava' model, not a SAM")):
+        assert main(["pretrain", "sam", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_SAM,
+                     f"init_decoder_from={tmp_path / folder}"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0] and "toy SAM run's model folder" in error[0], error
 
 
 def test_vlm_curriculum_keeps_scenes_with_few_objects():

@@ -21,7 +21,8 @@ from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
-from ..errors import InputError
+from ..checkpoints.loading import read_config
+from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
@@ -138,9 +139,14 @@ def build_sam(config: SamPretrainConfig) -> SamModel:
 def load_prompt_side(folder: Path, model: SamModel) -> None:
     """Copy everything but the image encoder (prompt encoder, mask decoder, the shared positional embedding) of the
     toy SAM saved in ``folder`` into ``model``."""
-    if not (folder / "config.json").is_file():
-        raise InputError(f"init_decoder_from {folder} is not a saved toy SAM (no config.json); "
-                         f"give a run's model folder, e.g. <output_dir>/{FINAL_MODEL_DIR}")
+    hint = f"give a toy SAM run's model folder, e.g. <output_dir>/{FINAL_MODEL_DIR}"
+    try:
+        config = read_config(folder)
+    except CheckpointError as err:
+        raise InputError(f"init_decoder_from: {err}; {hint}") from None
+    if config.get("model_type") != "sam":
+        raise InputError(f"init_decoder_from {folder} holds a {config.get('model_type', 'unknown')!r} model, not a "
+                         f"SAM; {hint}")
     source = SamModel.from_pretrained(folder).state_dict()
     target = model.state_dict()
     wanted = [name for name in target if not name.startswith("vision_encoder.")]
