@@ -396,6 +396,39 @@ def test_toy_world_source_gives_one_mask_per_seg_in_answer_order():
         ToyWorldSource("nonsense")
 
 
+def test_toy_world_kinds_line_asks_only_those_kinds_with_their_masks():
+    import random
+
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.queries import focus_queries
+    from reasonseg.data.toy_world.turns import referring_seg_answer
+    from reasonseg.training.config import DatasetSpec
+    from reasonseg.training.datasets import make_source
+
+    kinds = ["only_of_kind", "only_of_colour", "closest"]
+    source = make_source(DatasetSpec("toy_world", "train", kinds="||".join(kinds), answer_style="referring_and_lists"))
+    scenes = set()
+    for index in range(12):
+        drawn = source.draw(index, random.Random(index), 3)
+        seed = int(drawn.source.split(":")[1])
+        scenes.add(seed)
+        sample = generate_sample(seed)
+        wanted = {referring_seg_answer(sample, q): q for q in focus_queries(sample.scene, seed, kinds)}
+        answers = [turns[0][1] for turns in drawn.conversations]
+        assert answers and all(answer in wanted for answer in answers), (answers, list(wanted))
+        expected = [sample.objects[wanted[answer].targets[0]].mask.astype(np.uint8) for answer in answers]
+        assert np.array_equal(drawn.masks, np.stack(expected))
+    # scene 0 offers none of them: it is passed over for the next scene that does
+    assert not focus_queries(generate_sample(split_seed("train", 0)).scene, split_seed("train", 0), kinds)
+    assert split_seed("train", 0) not in scenes and len(scenes) >= 4
+    with pytest.raises(InputError, match="subsets .* or kinds .*, not both"):
+        make_source(DatasetSpec("toy_world", "train", subsets="spatial", kinds="closest"))
+    with pytest.raises(InputError, match="unknown query kinds 'nearest'"):
+        make_source(DatasetSpec("toy_world", "train", kinds="nearest"))
+    with pytest.raises(InputError, match="kinds applies to toy_world datasets only"):
+        make_source(DatasetSpec("custom", "x.jsonl", kinds="closest"))
+
+
 def test_toy_world_language_subset_gives_stage_two_turns_without_masks():
     import random
 

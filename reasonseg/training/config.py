@@ -19,7 +19,9 @@ class DatasetSpec:
     only): ``varied`` (the world's answer templates) or ``referring`` (every one-target answer in the wording of stage
     2's referring turns plus its mask, "It is the small red star at (3, 6) [SEG].") or ``referring_and_lists`` (as
     ``referring``, and every several-target answer in the words of stage 2's list turns, "They are the small red star
-    at (3, 6) [SEG] and the large blue star at (5, 2) [SEG].")."""
+    at (3, 6) [SEG] and the large blue star at (5, 2) [SEG]."); kinds (``toy_world`` only, instead of subsets): only
+    these one-target query kinds (e.g. ``only_of_kind||closest``), asked whenever a scene offers one, as stage 2's
+    ``focus_kinds`` asks them."""
 
     kind: str
     path: str
@@ -29,6 +31,7 @@ class DatasetSpec:
     strict: bool = False
     explanatory_rate: float = 0.0
     answer_style: str = "varied"
+    kinds: list[str] | str | None = None
 
 
 @dataclass

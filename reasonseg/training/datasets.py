@@ -94,14 +94,19 @@ LANGUAGE_SUBSETS = ("qa", "referring")
 ANSWER_STYLES = ("varied", "referring", "referring_and_lists")
 
 
+MAX_SCENES_WITHOUT_KIND = 200  # a toy_world line with kinds looks this far for a scene offering one
+
+
 class ToyWorldSource:
     """The shapes world generated on the fly (docs/toy_world.md): ``path`` names the split (``train``), index ``i``
     is scene ``i`` of that split. Each conversation is one of the scene's queries, as the world phrases it or inside
     one of LISA's question templates (short-query or sentence templates by the query's kind); the answer is the
     world's (one [SEG] per target, none when the target is absent, a reason when asked why)."""
 
-    def __init__(self, split: str, families: list[str] | str | None = None, answer_style: str = "varied"):
-        from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS
+    def __init__(self, split: str, families: list[str] | str | None = None, answer_style: str = "varied",
+                 kinds: list[str] | str | None = None):
+        from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS, generate_scene
+        from ..data.toy_world.queries import focus_queries
 
         if answer_style not in ANSWER_STYLES:
             raise InputError(f"toy_world answer_style {answer_style!r} should be one of {', '.join(ANSWER_STYLES)}")
@@ -114,6 +119,11 @@ class ToyWorldSource:
         self.language_subset = language[0] if language else None
         if language and len(self.families) > 1:
             raise InputError(f"toy_world subsets {language[0]!r} stands alone: give it its own dataset entry")
+        self.kinds = kinds.split("||") if isinstance(kinds, str) else kinds
+        if self.kinds is not None:
+            if self.families is not None:
+                raise InputError("toy_world: give subsets (query families) or kinds (query kinds), not both")
+            focus_queries(generate_scene(0), 0, self.kinds)  # an unknown kind is an InputError naming the known ones
 
     def __len__(self) -> int:
         return self.size
@@ -127,8 +137,8 @@ class ToyWorldSource:
             turns = self._language_turns(sample, rng)
             conversations = [[turn] for turn in rng.sample(turns, min(max_conversations, len(turns)))]
         else:
-            sample = generate_sample(split_seed(self.split, index), families=self.families)
-            for query in rng.sample(sample.queries, min(max_conversations, len(sample.queries))):
+            sample, queries = self._sample_and_queries(index)
+            for query in rng.sample(queries, min(max_conversations, len(queries))):
                 text = rng.choice([query.text, *query.alternatives])
                 if query.is_sentence:
                     question = rng.choice([question_for(text, True, rng), f"{text} Please output segmentation mask.",
@@ -139,6 +149,23 @@ class ToyWorldSource:
                 masks.extend(sample.objects[t].mask.astype(np.uint8) for t in query.targets)
         stacked = np.stack(masks) if masks else np.zeros((0, sample.height, sample.width), np.uint8)
         return TrainingSample(Image.fromarray(sample.image), conversations, stacked, source=f"toy_world:{sample.seed}")
+
+    def _sample_and_queries(self, index: int):
+        """Scene ``index`` and its queries; with ``kinds``, the first scene from ``index`` on that offers one of them
+        (most scenes offer none of the rare kinds) and one query per kind it offers."""
+        from ..data.toy_world import generate_sample, split_seed
+        from ..data.toy_world.queries import focus_queries
+
+        if self.kinds is None:
+            sample = generate_sample(split_seed(self.split, index), families=self.families)
+            return sample, sample.queries
+        for offset in range(MAX_SCENES_WITHOUT_KIND):
+            sample = generate_sample(split_seed(self.split, (index + offset) % self.size), families=[])
+            queries = focus_queries(sample.scene, sample.seed, self.kinds)
+            if queries:
+                return sample, queries
+        raise InputError(f"toy_world: none of {MAX_SCENES_WITHOUT_KIND} scenes from {index} on offers a query of kinds "
+                         f"{', '.join(self.kinds)}; add commoner kinds")
 
     def _answer(self, sample, query) -> str:
         from ..data.toy_world.turns import list_seg_answer, referring_seg_answer
@@ -344,8 +371,11 @@ def make_source(spec):
     strict = bool(getattr(spec, "strict", False))
     explanatory_rate = float(getattr(spec, "explanatory_rate", 0.0) or 0.0)
     answer_style = getattr(spec, "answer_style", "varied")
+    kinds = getattr(spec, "kinds", None)
     if answer_style != "varied" and spec.kind != "toy_world":
         raise InputError(f"answer_style applies to toy_world datasets only; remove it from the {spec.kind} entry")
+    if kinds is not None and spec.kind != "toy_world":
+        raise InputError(f"kinds applies to toy_world datasets only; remove it from the {spec.kind} entry")
     if spec.kind == "custom":
         return CustomSource(spec.path)
     if spec.kind == "reason_seg":
@@ -355,7 +385,7 @@ def make_source(spec):
     if spec.kind == "sem_seg":
         return SemSegSource(spec.path, subsets, strict)
     if spec.kind == "toy_world":
-        return ToyWorldSource(spec.path, subsets, answer_style)
+        return ToyWorldSource(spec.path, subsets, answer_style, kinds)
     if spec.kind == "refer_seg":
         return ReferSegSource(spec.path, subsets, strict, spec.split)
     if spec.kind == "vqa":
