@@ -104,15 +104,15 @@ class VlmPretrainConfig:
     # are the small red star at (3, 6) and the large blue star at (5, 2)."), as stage 3's several-target answers
     # name each target before its [SEG]; with target_patch_weight, every target's patches mark themselves
     list_rate: float = 0.0
-    # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
-    # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
-    # vision tower's patches say what they show. The head is dropped from the saved model.
     # query kinds that few scenes offer (the only shape of its colour, the closest one to ...) and the share of
     # referring turns that ask one of them whenever the scene offers one: the world draws a family's kind evenly
     # among those its scene offers, so such a kind is 1-2 % of the referring turns (session 21: their answers name
     # the target a third as often as the common kinds'); ``focus_queries`` asks them on purpose
     focus_kinds: list[str] = field(default_factory=list)
     focus_rate: float = 0.0
+    # weight of an auxiliary loss on the image tokens the LM receives: a linear head must read, for each patch, the
+    # colour and shape of the object under the patch's centre (or background), as a supervised pre-training makes a
+    # vision tower's patches say what they show. The head is dropped from the saved model.
     patch_label_weight: float = 0.0
     lr: float = 5e-4
     warmup_steps: int = 100
