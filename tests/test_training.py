@@ -227,3 +227,7 @@ def test_qlora_is_refused_off_cuda_and_bad_validation_settings_are_one_line(work
         _config(workspace, "x", val_every=5)
     with pytest.raises(InputError, match="val_data .*not found"):
         train(_config(workspace, "x", val_data=str(workspace / "nowhere")), progress=False)
+    # a bad dataset entry is found before the model loads (here there is no model to load at all)
+    with pytest.raises(InputError, match="unknown query kinds 'nearest'"):
+        train(_config(workspace, "x", model=str(workspace / "no_model_here"),
+                      datasets="[{kind: toy_world, path: train, kinds: nearest}]"), progress=False)

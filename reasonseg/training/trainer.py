@@ -295,6 +295,9 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
     val_set = ValidationSet.load(config.val_data, config.val_max_samples) if config.val_data else None
+    # the data before the model: a wrong dataset entry fails in seconds, not after a 7B model has loaded
+    micro_batches = config.total_steps * config.grad_accumulation_steps
+    dataset = build_training_dataset(config, micro_batches * config.batch_size * accelerator.num_processes)
     try:  # any supported checkpoint: reasonseg, LISA, Sa2VA (original layout or converted)
         model, processor = load_model_and_processor(
             config.model, precision="fp32", device=str(accelerator.device),
@@ -310,8 +313,6 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {start_step}")
 
-    micro_batches = config.total_steps * config.grad_accumulation_steps
-    dataset = build_training_dataset(config, micro_batches * config.batch_size * accelerator.num_processes)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
