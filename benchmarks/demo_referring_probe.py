@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
-from reasonseg.data.toy_world.queries import ONE_TARGET_KINDS
+from reasonseg.data.toy_world.queries import ALL_ONE_TARGET_KINDS
 from reasonseg.data.toy_world.turns import referring_question_text
 from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
@@ -76,11 +76,9 @@ def main() -> None:
                              "share printed as well")
     args = parser.parse_args()
     kinds = None if args.kinds is None else {kind.strip() for kind in args.kinds.split(",") if kind.strip()}
-    if kinds is not None:
-        known = {kind for family in PROBED_FAMILIES for kind in ONE_TARGET_KINDS[family]}
-        if not kinds or kinds - known:
-            parser.error(f"--kinds {args.kinds!r}: use one-target kinds of {', '.join(PROBED_FAMILIES)}: "
-                         f"{', '.join(sorted(known))}")
+    if kinds is not None and not (kinds and kinds <= ALL_ONE_TARGET_KINDS):
+        parser.error(f"--kinds {args.kinds!r}: use one-target kinds of {', '.join(PROBED_FAMILIES)}: "
+                     f"{', '.join(sorted(ALL_ONE_TARGET_KINDS))}")
     scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit, QUESTION_FORMS[args.question],
                    kinds)
     by_kind = scores.pop("by_kind")

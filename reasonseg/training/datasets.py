@@ -105,8 +105,8 @@ class ToyWorldSource:
 
     def __init__(self, split: str, families: list[str] | str | None = None, answer_style: str = "varied",
                  kinds: list[str] | str | None = None):
-        from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS, generate_scene
-        from ..data.toy_world.queries import focus_queries
+        from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS
+        from ..data.toy_world.queries import check_query_kinds
 
         if answer_style not in ANSWER_STYLES:
             raise InputError(f"toy_world answer_style {answer_style!r} should be one of {', '.join(ANSWER_STYLES)}")
@@ -123,7 +123,7 @@ class ToyWorldSource:
         if self.kinds is not None:
             if self.families is not None:
                 raise InputError("toy_world: give subsets (query families) or kinds (query kinds), not both")
-            focus_queries(generate_scene(0), 0, self.kinds)  # an unknown kind is an InputError naming the known ones
+            check_query_kinds(self.kinds)
 
     def __len__(self) -> int:
         return self.size
@@ -153,17 +153,18 @@ class ToyWorldSource:
     def _sample_and_queries(self, index: int):
         """Scene ``index`` and its queries; with ``kinds``, the first scene from ``index`` on that offers one of them
         (most scenes offer none of the rare kinds) and one query per kind it offers."""
-        from ..data.toy_world import generate_sample, split_seed
+        from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
         from ..data.toy_world.queries import focus_queries
 
         if self.kinds is None:
             sample = generate_sample(split_seed(self.split, index), families=self.families)
             return sample, sample.queries
-        for offset in range(MAX_SCENES_WITHOUT_KIND):
-            sample = generate_sample(split_seed(self.split, (index + offset) % self.size), families=[])
-            queries = focus_queries(sample.scene, sample.seed, self.kinds)
+        for offset in range(MAX_SCENES_WITHOUT_KIND):  # only the scene until one offers a kind: no language pairs
+            seed = split_seed(self.split, (index + offset) % self.size)
+            scene = generate_scene(seed)
+            queries = focus_queries(scene, seed, self.kinds)
             if queries:
-                return sample, queries
+                return sample_from_scene(scene, seed, families=[]), queries
         raise InputError(f"toy_world: none of {MAX_SCENES_WITHOUT_KIND} scenes from {index} on offers a query of kinds "
                          f"{', '.join(self.kinds)}; add commoner kinds")
 

@@ -37,7 +37,7 @@ from ..data.toy_world import generate_sample, generate_scene, phase_train_index,
 from ..data.toy_world.sample import SPLIT_SIZE
 from ..data.toy_world.scene import MAX_OBJECTS
 from ..data.toy_world.vocab import COLOUR_NAMES, SHAPES
-from ..data.toy_world.queries import GROUNDING_GRID, focus_queries, grid_cell
+from ..data.toy_world.queries import GROUNDING_GRID, check_query_kinds, focus_queries, grid_cell
 from ..data.toy_world.turns import (
     REGION_QUESTIONS,
     objects_alone_in_their_cell,
@@ -170,7 +170,7 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
     if config.focus_rate and not config.focus_kinds:
         raise InputError("focus_rate needs focus_kinds: the query kinds to ask more often, e.g. "
                          "'focus_kinds=[only_of_kind,only_of_colour,closest]'")
-    focus_queries(generate_scene(0), 0, config.focus_kinds)  # an unknown kind is an InputError naming the known ones
+    check_query_kinds(config.focus_kinds)
     if not 1 <= config.max_objects <= MAX_OBJECTS:
         raise InputError(f"max_objects {config.max_objects}: the world draws 1 to {MAX_OBJECTS} objects per scene")
     check_image_placement(config.image_placement)

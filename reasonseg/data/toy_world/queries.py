@@ -51,6 +51,7 @@ ONE_TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "reasoning": ("colour_clue", "colour_mix", "could_roll", "fewest_corners", "most_corners", "no_corners",
                   "shape_clue", "sides"),
 }
+ALL_ONE_TARGET_KINDS = frozenset(kind for kinds in ONE_TARGET_KINDS.values() for kind in kinds)
 
 # margins that make a query unambiguous
 EXTREME_MARGIN = 0.07  # leftmost etc.: the runner-up's centroid is this fraction of the image side further in
@@ -718,18 +719,23 @@ def make_queries(scene: Scene, seed: int, families=None) -> list[Query]:
     return queries
 
 
+def check_query_kinds(kinds) -> set[str]:
+    """``kinds`` (one name or several) as a set, each one of ``ALL_ONE_TARGET_KINDS``; else an InputError naming them."""
+    wanted = {kinds} if isinstance(kinds, str) else set(kinds)
+    unknown = sorted(wanted - ALL_ONE_TARGET_KINDS)
+    if unknown:
+        raise InputError(f"unknown query kinds {', '.join(map(repr, unknown))}; known one-target kinds: "
+                         f"{', '.join(sorted(ALL_ONE_TARGET_KINDS))}")
+    return wanted
+
+
 def focus_queries(scene: Scene, seed: int, kinds) -> list[Query]:
     """One query for each of ``kinds`` the scene offers (one-target kinds of the attribute, spatial, superlative and
     reasoning families), phrased and answered as :func:`make_queries` would, from a seeded stream of its own.
 
     ``make_queries`` draws a family's kind evenly among the kinds its scene offers, so a kind that few scenes offer
     (the only shape of its colour: about one scene in four) is rarely asked; this asks it whenever it is there."""
-    wanted = {kinds} if isinstance(kinds, str) else set(kinds)
-    known = {kind for family_kinds in ONE_TARGET_KINDS.values() for kind in family_kinds}
-    unknown = sorted(wanted - known)
-    if unknown:
-        raise InputError(f"unknown query kinds {', '.join(map(repr, unknown))}; known one-target kinds: "
-                         f"{', '.join(sorted(known))}")
+    wanted = check_query_kinds(kinds)
     w = _World(scene)
     rng = random.Random(f"toy_world/focus/{seed}")
     queries = []
