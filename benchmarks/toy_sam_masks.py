@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import SamModel
 
-from reasonseg.checkpoints.loading import read_config
+from reasonseg.checkpoints.loading import read_sam_config
 from reasonseg.data.toy_world import generate_scene, split_seed
 from reasonseg.errors import CheckpointError
 from reasonseg.modeling.sam import upscale_mask_logits
@@ -71,11 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     for folder in args.models:  # all checked before any is scored
         try:
-            model_type = read_config(folder).get("model_type")
-        except CheckpointError:  # no config.json, or one that is not JSON
-            model_type = None
-        if model_type != "sam":
-            parser.error(f"{folder} is not a saved toy SAM (no config.json of model_type sam); "
+            read_sam_config(folder)
+        except CheckpointError as err:  # no config.json, one that is not JSON, or another model's
+            parser.error(f"{folder} is not a saved toy SAM ({err}); "
                          f"pass a `reasonseg pretrain sam` model folder, e.g. artifacts/demo/toy_sam")
     torch.set_grad_enabled(False)
     for folder in args.models:

@@ -41,7 +41,7 @@ from reasonseg.checkpoints.delta import apply_delta
 from reasonseg.checkpoints.lisa_training import convert_lisa_training_weights, merge_lora_state_dict
 from reasonseg.checkpoints.sam_keys import rename_sam_key, segment_anything_key
 from reasonseg.cli.main import main as cli_main
-from reasonseg.errors import CheckpointError, InputError
+from reasonseg.errors import CheckpointError, InputError, UnsupportedError
 from reasonseg.modeling.sam import decode_seg_masks
 
 VOCAB = 300
@@ -433,6 +433,13 @@ def test_wrong_inputs_are_one_line_errors(parts, tmp_path):
         build_model(root / "llava_hf", root / "sam_hf", vision_tower=str(root / "clip"))
     with pytest.raises(InputError, match="unknown conversation template"):
         build_model(root / "llava", root / "sam_hf", conv_type="vicuna")
+    # a saved model of another kind, or a corrupt config.json, passed as the SAM
+    with pytest.raises(UnsupportedError, match="holds a 'llava' model, not a SAM; pass a SAM"):
+        build_model(root / "llava", root / "llava_hf")
+    (tmp_path / "corrupt_sam").mkdir()
+    (tmp_path / "corrupt_sam" / "config.json").write_text("{not json")
+    with pytest.raises(UnsupportedError, match=r"config.json is not valid JSON \(.*\); pass a SAM"):
+        build_model(root / "llava", tmp_path / "corrupt_sam")
     # a LLaVA handed to the loaders (e.g. as a training run's model) points at `reasonseg build`
     from reasonseg.checkpoints.loading import load_model_and_processor
 

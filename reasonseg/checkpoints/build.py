@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError, UnsupportedError
 from ..modeling.image_attention import check_image_attention
-from .loading import PRECISIONS, locate_checkpoint, read_config
+from .loading import PRECISIONS, locate_checkpoint, read_config, read_sam_config
 
 VLM_LAYOUTS = ("llava", "llava_hf", "causal_lm")
 BUILD_INFO_NAME = "build_info.json"
@@ -529,11 +529,10 @@ def load_sam_part(sam: str | Path, dtype: torch.dtype):
         hint = f"; did you mean {path / candidates[0]}?" if candidates else ""
         raise InputError(f"--sam {path} is a directory without config.json{hint}")
     directory = locate_checkpoint(sam)
-    config_dict = read_config(directory)
-    if config_dict.get("model_type") != "sam":
-        raise UnsupportedError(
-            f"--sam {sam} is a {config_dict.get('model_type')!r} model; pass a SAM (ViT-B/L/H) checkpoint"
-        )
+    try:
+        read_sam_config(directory)
+    except CheckpointError as err:
+        raise UnsupportedError(f"--sam: {err}; pass a SAM (ViT-B/L/H) checkpoint") from None
     try:
         module = SamModel.from_pretrained(str(directory), dtype=dtype)
     except (OSError, ValueError) as err:

@@ -67,6 +67,14 @@ def read_config(directory: Path) -> dict:
         raise CheckpointError(f"{config_path} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
+def read_sam_config(directory: Path) -> dict:
+    """``read_config`` of a saved transformers SAM; a CheckpointError names the kind found instead."""
+    config = read_config(Path(directory))
+    if config.get("model_type") != "sam":
+        raise CheckpointError(f"{directory} holds a {config.get('model_type', 'unknown')!r} model, not a SAM")
+    return config
+
+
 def checkpoint_kind(config: dict) -> str:
     from .lisa import is_lisa_config
 

@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
-from ..checkpoints.loading import read_config
+from ..checkpoints.loading import read_sam_config
 from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
@@ -141,12 +141,9 @@ def load_prompt_side(folder: Path, model: SamModel) -> None:
     toy SAM saved in ``folder`` into ``model``."""
     hint = f"give a toy SAM run's model folder, e.g. <output_dir>/{FINAL_MODEL_DIR}"
     try:
-        config = read_config(folder)
+        read_sam_config(folder)
     except CheckpointError as err:
         raise InputError(f"init_decoder_from: {err}; {hint}") from None
-    if config.get("model_type") != "sam":
-        raise InputError(f"init_decoder_from {folder} holds a {config.get('model_type', 'unknown')!r} model, not a "
-                         f"SAM; {hint}")
     source = SamModel.from_pretrained(folder).state_dict()
     target = model.state_dict()
     wanted = [name for name in target if not name.startswith("vision_encoder.")]
