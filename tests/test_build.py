@@ -450,6 +450,19 @@ def test_wrong_inputs_are_one_line_errors(parts, tmp_path):
         build_model(_native_dir(tmp_path), root / "sam_hf")
 
 
+def test_a_wrong_sam_is_refused_before_the_language_model_loads(parts, monkeypatch):
+    import reasonseg.checkpoints.build as build
+
+    def no_language_model(*args, **kwargs):
+        raise AssertionError("the language model was loaded before --sam was checked")
+
+    for loader in ("_llava_parts", "_llava_hf_parts", "_causal_lm_parts"):
+        monkeypatch.setattr(build, loader, no_language_model)
+    for vlm in ("llava", "llava_hf"):
+        with pytest.raises(UnsupportedError, match="holds a 'llava' model, not a SAM"):
+            build_model(parts["root"] / vlm, parts["root"] / "llava_hf")
+
+
 def _native_dir(tmp_path):
     from reasonseg.modeling.tiny import build_tiny_model
 

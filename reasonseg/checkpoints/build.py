@@ -129,20 +129,21 @@ def build_model(
     if conv_type is not None:
         get_template(conv_type)  # fails early, with the list of templates, on a typo
 
+    if layout == "llava_hf" and vision_tower:
+        raise InputError("--vision-tower is for a plain language model (or an original LLaVA); a llava-hf model has its own")
+    if layout not in ("llava", "llava_hf") and not vision_tower:
+        raise InputError(
+            f"{vlm} is a plain {layout_config.get('model_type', 'causal')!r} language model: name its vision tower "
+            "with --vision-tower (e.g. openai/clip-vit-large-patch14)"
+        )
+    # SAM (2.5 GB for ViT-H) before the language model (13 GB for a 7B), so a wrong --sam is refused in seconds
+    sam_config, sam_module, sam_tensors, sam_format = load_sam_part(sam, dtype)
     if layout == "llava":
         parts = _llava_parts(vlm_dir, delta_dir, layout_config, vision_tower, dtype)
     elif layout == "llava_hf":
-        if vision_tower:
-            raise InputError("--vision-tower is for a plain language model (or an original LLaVA); a llava-hf model has its own")
         parts = _llava_hf_parts(vlm_dir, dtype)
     else:
-        if not vision_tower:
-            raise InputError(
-                f"{vlm} is a plain {layout_config.get('model_type', 'causal')!r} language model: name its vision tower "
-                "with --vision-tower (e.g. openai/clip-vit-large-patch14)"
-            )
         parts = _causal_lm_parts(vlm_dir, vision_tower, dtype, projector_type)
-    sam_config, sam_module, sam_tensors, sam_format = load_sam_part(sam, dtype)
 
     config = ReasonSegConfig(
         vision_config=parts.vision_config.to_dict(),
