@@ -25,6 +25,7 @@ from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 from reasonseg.data.toy_world.queries import ALL_ONE_TARGET_KINDS
+from reasonseg.errors import ReasonSegError
 from reasonseg.data.toy_world.turns import referring_question_text
 from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
@@ -79,8 +80,14 @@ def main() -> None:
     if kinds is not None and not (kinds and kinds <= ALL_ONE_TARGET_KINDS):
         parser.error(f"--kinds {args.kinds!r}: use one-target kinds of {', '.join(PROBED_FAMILIES)}: "
                      f"{', '.join(sorted(ALL_ONE_TARGET_KINDS))}")
-    scores = probe(Segmenter.from_pretrained(args.model), args.split_dir, args.limit, QUESTION_FORMS[args.question],
-                   kinds)
+    if not (args.split_dir / "qa.jsonl").is_file():
+        parser.error(f"{args.split_dir} is not a split folder; pass one `reasonseg world generate` wrote, "
+                     f"e.g. runs/demo/world/test")
+    try:
+        segmenter = Segmenter.from_pretrained(args.model)
+    except ReasonSegError as err:  # e.g. a stage-2 LLaVA folder: the probe needs a built one
+        parser.error(str(err))
+    scores = probe(segmenter, args.split_dir, args.limit, QUESTION_FORMS[args.question], kinds)
     by_kind = scores.pop("by_kind")
     print(f"{args.model}: {scores.pop('queries')} single-target queries of {', '.join(PROBED_FAMILIES)}"
           f"{'' if kinds is None else ' (kinds ' + ', '.join(sorted(kinds)) + ')'}, asked the {args.question} way")

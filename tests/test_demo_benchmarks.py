@@ -266,3 +266,22 @@ def test_referring_probe_names_an_unknown_kind(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         probe_module.main()
     assert "--kinds 'nearest': use one-target kinds of" in capsys.readouterr().err
+
+
+def test_referring_probe_refuses_a_folder_that_is_no_split_and_a_model_that_is_not_built(tmp_path, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe_module = _load_benchmark("demo_referring_probe")
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "qa.jsonl").write_text("")
+    # a stage-2 LLaVA: the probe asks a built (reasonseg) model
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "config.json").write_text('{"model_type": "llava", "architectures": '
+                                                    '["LlavaForConditionalGeneration"]}')
+    for model, split, message in ((tmp_path / "llava", tmp_path / "nowhere", "is not a split folder"),
+                                  (tmp_path / "llava", tmp_path / "split", "reasonseg build --vlm")):
+        monkeypatch.setattr("sys.argv", ["demo_referring_probe.py", str(model), str(split)])
+        with pytest.raises(SystemExit) as exit_info:
+            probe_module.main()
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
