@@ -25,8 +25,8 @@ from PIL import Image
 
 from demo_model_families import read_grounding  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 from reasonseg.data.toy_world.queries import ALL_ONE_TARGET_KINDS
-from reasonseg.errors import ReasonSegError
 from reasonseg.data.toy_world.turns import referring_question_text
+from reasonseg.errors import ReasonSegError
 from reasonseg.evaluation.runner import lisa_question_text
 from reasonseg.inference.segmenter import Segmenter
 

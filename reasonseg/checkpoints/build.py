@@ -131,7 +131,7 @@ def build_model(
 
     if layout == "llava_hf" and vision_tower:
         raise InputError("--vision-tower is for a plain language model (or an original LLaVA); a llava-hf model has its own")
-    if layout not in ("llava", "llava_hf") and not vision_tower:
+    if layout == "causal_lm" and not vision_tower:
         raise InputError(
             f"{vlm} is a plain {layout_config.get('model_type', 'causal')!r} language model: name its vision tower "
             "with --vision-tower (e.g. openai/clip-vit-large-patch14)"
