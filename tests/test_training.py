@@ -217,6 +217,17 @@ def test_tensorboard_and_progress_bar_show_the_loss_terms(workspace, capsys):
     assert info["num_processes"] == 1 and info["global_batch"] == 2
 
 
+def test_precision_auto_runs_fp32_where_bf16_is_not_native_and_run_json_says_so(workspace, monkeypatch):
+    from reasonseg.training import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    run = train(_config(workspace, "auto", steps_per_epoch=1, precision="auto"), progress=False)
+    assert json.loads((run / "run.json").read_text())["mixed_precision"] == "no"
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    run = train(_config(workspace, "auto_native", steps_per_epoch=1, precision="auto"), progress=False)
+    assert json.loads((run / "run.json").read_text())["mixed_precision"] == "bf16"
+
+
 def test_qlora_is_refused_off_cuda_and_bad_validation_settings_are_one_line(workspace):
     for flag in ("load_in_4bit", "load_in_8bit"):
         with pytest.raises(InputError, match=rf"{flag} \(QLoRA\) trains only on a CUDA GPU"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from ..errors import InputError
+from .precision import check_precision
 from .stage_config import read_config_dict
 
 
@@ -73,7 +74,7 @@ class TrainingConfig:
     dice_loss_weight: float = 0.5
     # auxiliary, not LISA's (0: off): pull each [SEG] prompt towards SAM's point prompt at its target's innermost pixel
     seg_point_loss_weight: float = 0.0
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 where native (training/precision.py)
     gradient_checkpointing: bool = False
     # QLoRA: the frozen base model in 4- or 8-bit (bitsandbytes; CUDA only), LoRA and the trained parts in fp32
     load_in_4bit: bool = False
@@ -146,8 +147,7 @@ def _build(raw: dict) -> TrainingConfig:
 
 def _validate(config: TrainingConfig) -> None:
     """Checks of the non-dataset fields that need no model or data (one-line errors saying what to set)."""
-    if config.precision not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"training config precision: {config.precision!r}; use fp32, bf16 or fp16")
+    check_precision(config.precision, ("fp32", "bf16", "fp16"), "training config")
     if config.load_in_4bit and config.load_in_8bit:
         raise InputError("training config: set one of load_in_4bit and load_in_8bit, not both")
     for name in ("steps_per_epoch", "epochs", "batch_size", "grad_accumulation_steps", "save_every", "log_every",

@@ -26,6 +26,7 @@ from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
+from .precision import accelerate_mixed_precision, check_precision
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
     checkpoint_to_resume,
@@ -65,7 +66,7 @@ class SamPretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # auto | fp32 | bf16 (autocast; auto: bf16 where native, see training/precision.py)
     # prompts: boxes for a share of the steps, else one point: the object's innermost pixel or a random one of it
     box_rate: float = 0.5
     random_point_rate: float = 0.5
@@ -93,8 +94,7 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
     config = build_flat_dataclass(SamPretrainConfig, read_config_dict(path, overrides), "toy SAM config")
     if config.image_size % config.patch_size:
         raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
-    if config.precision not in ("fp32", "bf16"):
-        raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    check_precision(config.precision, ("fp32", "bf16"), "toy SAM config")
     if max(config.global_attn_indexes, default=-1) >= config.encoder_depth:
         raise InputError(f"global_attn_indexes {config.global_attn_indexes} name blocks beyond encoder_depth {config.encoder_depth}")
     if config.init_from and config.init_decoder_from:
@@ -295,7 +295,8 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(mixed_precision=accelerate_mixed_precision(config.precision),
+                                  cpu=not torch.cuda.is_available())
     model = build_sam(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))

@@ -38,6 +38,7 @@ from .collate import ReasonSegCollator
 from .config import TrainingConfig
 from .datasets import build_training_dataset
 from .model_setup import check_quantized_training, prepare_for_training, trainable_token_ids
+from .precision import accelerate_mixed_precision
 from .validation import ValidationSet, validate
 
 STATE_FILE = "training_state.pt"
@@ -206,7 +207,7 @@ def _make_accelerator(config: TrainingConfig) -> Accelerator:
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     accelerator = new_accelerator(
         gradient_accumulation_steps=config.grad_accumulation_steps,
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
+        mixed_precision=accelerate_mixed_precision(config.precision),
         cpu=world > 1 and not has_accelerator,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -330,6 +331,7 @@ def train(config: TrainingConfig, resume: bool = False, stop_after: int | None =
             "num_processes": accelerator.num_processes,
             "distributed_type": str(accelerator.distributed_type).split(".")[-1],
             "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
             "global_batch": config.batch_size * config.grad_accumulation_steps * accelerator.num_processes,
             "start_step": start_step,
         }, indent=2))

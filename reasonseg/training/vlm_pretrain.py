@@ -53,6 +53,7 @@ from ..modeling.image_attention import check_image_attention, decoder_attention_
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
+from .precision import accelerate_mixed_precision, check_precision
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
     checkpoint_to_resume,
@@ -156,8 +157,7 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
     get_template(config.conv_type)
     if config.image_size % config.patch_size:
         raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
-    if config.precision not in ("fp32", "bf16"):
-        raise InputError(f"precision {config.precision!r}: use fp32 or bf16")
+    check_precision(config.precision, ("fp32", "bf16"), "toy LLaVA config")
     if not 0 <= config.referring_rate + config.region_rate <= 1 or min(config.referring_rate, config.region_rate) < 0:
         raise InputError(f"referring_rate {config.referring_rate} and region_rate {config.region_rate} must be >= 0 "
                          "and add up to at most 1 (the rest of the turns are the world's question answering)")
@@ -537,7 +537,8 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
                      if config.init_from else build_world_tokenizer(config))
         tokenizer.save_pretrained(str(tokenizer_dir))
     image_processor = build_image_processor(config)
-    accelerator = new_accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(mixed_precision=accelerate_mixed_precision(config.precision),
+                                  cpu=not torch.cuda.is_available())
     model = build_llava(config, tokenizer)
     if config.patch_label_weight:
         model.patch_label_head = PatchLabelHead(config.text_width)
