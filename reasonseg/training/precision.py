@@ -2,8 +2,9 @@
 
 bf16 autocast pays on a CUDA GPU with bf16 and on a CPU with AVX-512 (oneDNN's bf16 kernels); on a CPU with AVX2
 only, PyTorch multiplies bf16 matrices with a scalar fallback: a training step of the demo model takes 12.9x the
-time of fp32 on two such cores (``benchmarks/train_precision.py``; its stage 3 ran at 38 s per step against 2.7 s). ``auto`` picks bf16 where it is native and fp32 elsewhere;
-an explicit ``bf16`` is kept, with a one-line warning where it is not native.
+time of fp32 on two such cores (``benchmarks/train_precision.py``; its stage 3 ran at 38 s per step against 2.7 s).
+``auto`` picks bf16 where it is native and fp32 elsewhere; an explicit ``bf16`` is kept, with a warning where it is
+not native.
 """
 
 from __future__ import annotations
