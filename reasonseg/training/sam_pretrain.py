@@ -26,7 +26,7 @@ from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
 from ..modeling.sam import build_sam_model, upscale_mask_logits
 from ..processing.sam_transform import SamTransform
-from .precision import accelerate_mixed_precision, check_precision
+from .precision import check_precision
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
     checkpoint_to_resume,
@@ -295,8 +295,7 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    accelerator = new_accelerator(mixed_precision=accelerate_mixed_precision(config.precision),
-                                  cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(config.precision, cpu=not torch.cuda.is_available())
     model = build_sam(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))

@@ -180,8 +180,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def new_accelerator(**kwargs) -> Accelerator:
-    """``Accelerator(**kwargs)`` that may follow another run in the same process.
+def new_accelerator(precision: str, **kwargs) -> Accelerator:
+    """``Accelerator(**kwargs)`` at a config's ``precision`` (``auto`` resolved for this machine, see
+    :mod:`.precision`), that may follow another run in the same process.
 
     accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another precision ("has already
     been initialized"), e.g. a pre-training stage at fp32 followed by ``train`` at bf16 in one Python session. A
@@ -192,7 +193,7 @@ def new_accelerator(**kwargs) -> Accelerator:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    return Accelerator(**kwargs)
+    return Accelerator(mixed_precision=accelerate_mixed_precision(precision), **kwargs)
 
 
 def _make_accelerator(config: TrainingConfig) -> Accelerator:
@@ -206,8 +207,8 @@ def _make_accelerator(config: TrainingConfig) -> Accelerator:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     accelerator = new_accelerator(
+        config.precision,
         gradient_accumulation_steps=config.grad_accumulation_steps,
-        mixed_precision=accelerate_mixed_precision(config.precision),
         cpu=world > 1 and not has_accelerator,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )

@@ -53,7 +53,7 @@ from ..modeling.image_attention import check_image_attention, decoder_attention_
 from ..processing.conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, place_image
 from ..processing.tokenization import train_byte_level_bpe
 from .collate import IGNORE_INDEX, pad_right
-from .precision import accelerate_mixed_precision, check_precision
+from .precision import check_precision
 from .stage_config import build_flat_dataclass, read_config_dict
 from .trainer import (
     checkpoint_to_resume,
@@ -537,8 +537,7 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
                      if config.init_from else build_world_tokenizer(config))
         tokenizer.save_pretrained(str(tokenizer_dir))
     image_processor = build_image_processor(config)
-    accelerator = new_accelerator(mixed_precision=accelerate_mixed_precision(config.precision),
-                                  cpu=not torch.cuda.is_available())
+    accelerator = new_accelerator(config.precision, cpu=not torch.cuda.is_available())
     model = build_llava(config, tokenizer)
     if config.patch_label_weight:
         model.patch_label_head = PatchLabelHead(config.text_width)
