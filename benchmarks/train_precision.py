@@ -14,10 +14,14 @@ import argparse
 import contextlib
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from train_step import _samples
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "reasoning.yaml"
 
 
 def _setup(args):
@@ -31,7 +35,7 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, processor = load_model_and_processor(default_model_path(), precision="fp32", device="cpu")
-    config = load_training_config("configs/demo/reasoning.yaml", ["precision=fp32"])
+    config = load_training_config(DEMO_CONFIG, ["precision=fp32"])
     model = prepare_for_training(model, config, trainable_token_ids(processor))
     model.train()
     optimizer, _ = build_optimizer(model, config)
