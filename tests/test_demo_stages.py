@@ -99,6 +99,41 @@ def test_phase_starts_from_an_earlier_run_with_a_fresh_schedule(tmp_path, stage,
                  f"init_from={tmp_path}", *settings]) == 1
 
 
+def test_deeper_lm_starts_from_a_shallower_run_as_the_same_function(tmp_path, capsys):
+    config = STAGE_CONFIGS["vlm"]
+    first = tmp_path / "shallow"
+    assert main(["pretrain", "vlm", "--config", config, f"output_dir={first}", *TINY_VLM]) == 0
+    deeper = tmp_path / "deeper"
+    grow = [f"init_from={first / 'model'}", "repeat_text_layers=[0,1]"]
+    assert main(["pretrain", "vlm", "--config", config, f"output_dir={deeper}", *TINY_VLM, *grow, "text_depth=4",
+                 "steps=1", "lr=0", "warmup_steps=0", "val_every=0"]) == 0
+    before, after = _final_weights(first), _final_weights(deeper)
+    layer = "language_model.model.layers.{}.{}"  # the llava-hf layout save_pretrained writes
+    for new_index, old_index in enumerate([0, 0, 1, 1]):
+        for name in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"):
+            expected = before[layer.format(old_index, name)]
+            if new_index in (1, 3) and name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+                expected = torch.zeros_like(expected)
+            torch.testing.assert_close(after[layer.format(new_index, name)], expected, atol=0, rtol=0)
+    shallow_model = LlavaForConditionalGeneration.from_pretrained(first / "model").eval()
+    deep_model = LlavaForConditionalGeneration.from_pretrained(deeper / "model").eval()
+    assert deep_model.config.text_config.num_hidden_layers == 4
+    tokens = torch.randint(4, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(deep_model(input_ids=tokens).logits, shallow_model(input_ids=tokens).logits)
+    # a depth that does not add up, a layer the saved LM lacks, no init_from, a checkpoint: one line each
+    capsys.readouterr()
+    for bad, message in (([*grow, "text_depth=5"], "set text_depth to 4"),
+                         ([f"init_from={first / 'model'}", "repeat_text_layers=[2]", "text_depth=3"], "0 to 1"),
+                         (["repeat_text_layers=[0]", "text_depth=3"], "needs init_from"),
+                         ([f"init_from={first / 'checkpoint-4'}", "repeat_text_layers=[0]", "text_depth=3"],
+                          "not a training checkpoint")):
+        assert main(["pretrain", "vlm", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_VLM, *bad]) == 1
+        stderr = capsys.readouterr().err  # besides transformers' loading bar
+        error = [line for line in stderr.splitlines() if line.startswith("error")]
+        assert len(error) == 1 and message in error[0] and "Traceback" not in stderr, stderr
+
+
 def test_wider_image_encoder_starts_from_an_earlier_sams_prompt_encoder_and_mask_decoder(tmp_path, capsys):
     config = STAGE_CONFIGS["sam"]
     first = tmp_path / "narrow"

@@ -148,13 +148,16 @@ def load_trained_weights(path: Path, model) -> dict:
 
 
 def load_init_weights(init_from: Path, model, model_class, what: str, may_lack=lambda name: False,
-                      extra_file: str | None = None) -> None:
+                      extra_file: str | None = None, adapt_state=None) -> None:
     """Start a new phase from an earlier run: copy the weights of a saved model folder (``model_class``
     ``save_pretrained``) or of a ``checkpoint-<step>`` folder into ``model``, which this phase's config built.
     ``may_lack`` names the parameters this phase adds (e.g. training heads) that the saved model need not hold;
-    ``extra_file``, a safetensors file that may lie in the model folder, holds those of them that were trained."""
+    ``extra_file``, a safetensors file that may lie in the model folder, holds those of them that were trained;
+    ``adapt_state`` maps a saved model's state dict onto this phase's layout (e.g. a deeper LM)."""
     if (init_from / "config.json").is_file():
         state = model_class.from_pretrained(init_from).state_dict()
+        if adapt_state is not None:
+            state = adapt_state(state)
         if extra_file and (init_from / extra_file).is_file():
             wanted = dict(model.named_parameters())
             state.update({name: value for name, value in load_file(str(init_from / extra_file)).items() if name in wanted})

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,10 @@ class VlmPretrainConfig:
     position_init: str = "random"
     text_width: int = 256
     text_depth: int = 4
+    # a deeper LM from a shallower init_from: each listed layer of init_from's LM is followed by a copy of itself
+    # whose attention and MLP output projections start at zero, so the new layer adds nothing to the residual stream
+    # and the deeper LM starts as the same function; text_depth must be init_from's depth plus their number
+    repeat_text_layers: list[int] = field(default_factory=list)
     text_heads: int = 4
     text_intermediate: int = 704
     max_length: int = 320
@@ -180,6 +186,14 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
                          "question cannot know which object is asked for")
     if not 1 <= config.target_patch_layer <= config.text_depth:
         raise InputError(f"target_patch_layer {config.target_patch_layer}: use 1 to text_depth ({config.text_depth})")
+    if config.repeat_text_layers:
+        repeated = config.repeat_text_layers
+        saved_depth = config.text_depth - len(repeated)
+        if not config.init_from:
+            raise InputError("repeat_text_layers needs init_from: it deepens an earlier run's LM")
+        if sorted(set(repeated)) != list(repeated) or not all(0 <= index < saved_depth for index in repeated):
+            raise InputError(f"repeat_text_layers {repeated}: give layers of init_from's LM (0 to {saved_depth - 1} "
+                             f"when text_depth is {config.text_depth}) in increasing order, each once")
     if config.position_init not in ("random", "sincos"):
         raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
@@ -290,6 +304,37 @@ def build_llava(config: VlmPretrainConfig, tokenizer) -> LlavaForConditionalGene
             embedding.zero_()  # row 0 (the class token) stays zero
             embedding[1:] = sincos_2d_positions(grid, config.vision_width)
     return model
+
+
+TEXT_LAYER_KEY = re.compile(r"^(.*\blanguage_model\.layers\.)(\d+)\.(.+)$")
+ZERO_STARTED_PROJECTIONS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def repeat_text_layers(state: dict[str, torch.Tensor], repeated: list[int], text_depth: int) -> dict[str, torch.Tensor]:
+    """A LLaVA state dict whose LM has a copy after each of the ``repeated`` layers: the copy's output projections
+    are zero, so with the residual connections the deeper LM computes what the saved one did. ``text_depth``: the
+    deeper LM's layer count; a saved LM of another depth than ``text_depth - len(repeated)`` is refused."""
+    order = []
+    for index in range(text_depth - len(repeated)):
+        order.append((index, False))
+        if index in repeated:
+            order.append((index, True))
+    layers: dict[int, dict[str, tuple[str, torch.Tensor]]] = {}
+    adapted = {}
+    for name, value in state.items():
+        match = TEXT_LAYER_KEY.match(name)
+        if match:
+            layers.setdefault(int(match.group(2)), {})[match.group(3)] = (match.group(1), value)
+        else:
+            adapted[name] = value
+    if sorted(layers) != list(range(text_depth - len(repeated))):
+        raise InputError(f"init_from's LM has {len(layers)} layers; with repeat_text_layers {repeated} set "
+                         f"text_depth to {len(layers) + len(repeated)}")
+    for new_index, (old_index, is_copy) in enumerate(order):
+        for suffix, (prefix, value) in layers[old_index].items():
+            start = torch.zeros_like(value) if is_copy and suffix in ZERO_STARTED_PROJECTIONS else value.clone()
+            adapted[f"{prefix}{new_index}.{suffix}"] = start
+    return adapted
 
 
 def sincos_2d_positions(grid: int, width: int) -> torch.Tensor:
@@ -544,8 +589,14 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if config.target_patch_weight:
         model.target_patch_head = TargetPatchHead(config.text_width)
     if config.init_from and checkpoint is None:
+        deepen = None
+        if config.repeat_text_layers:
+            if not (Path(config.init_from) / "config.json").is_file():
+                raise InputError(f"init_from {config.init_from}: repeat_text_layers starts from a saved model folder "
+                                 "(a run's `model`), not a training checkpoint")
+            deepen = partial(repeat_text_layers, repeated=config.repeat_text_layers, text_depth=config.text_depth)
         load_init_weights(Path(config.init_from), model, LlavaForConditionalGeneration, "toy LLaVA", is_training_aid,
-                          extra_file=TRAINING_AIDS_FILE)
+                          extra_file=TRAINING_AIDS_FILE, adapt_state=deepen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
