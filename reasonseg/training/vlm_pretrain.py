@@ -192,8 +192,9 @@ def load_vlm_pretrain_config(path, overrides: list[str] = ()) -> VlmPretrainConf
         if not config.init_from:
             raise InputError("repeat_text_layers needs init_from: it deepens an earlier run's LM")
         if sorted(set(repeated)) != list(repeated) or not all(0 <= index < saved_depth for index in repeated):
-            raise InputError(f"repeat_text_layers {repeated}: give layers of init_from's LM (0 to {saved_depth - 1} "
-                             f"when text_depth is {config.text_depth}) in increasing order, each once")
+            raise InputError(f"repeat_text_layers {repeated} with text_depth {config.text_depth}: init_from's LM must "
+                             f"then have {saved_depth} layers, so give layers 0 to {saved_depth - 1} in increasing "
+                             f"order, each once, and set text_depth to init_from's depth plus {len(repeated)}")
     if config.position_init not in ("random", "sincos"):
         raise InputError(f"position_init {config.position_init!r}: use random or sincos")
     return config
