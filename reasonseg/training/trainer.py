@@ -171,6 +171,10 @@ def load_init_weights(init_from: Path, model, model_class, what: str, may_lack=l
             raise InputError(f"init_from {init_from} is not a {what} of this config's layout "
                              f"(e.g. {(missing or unexpected)[0]}); use the config it was trained with")
     elif (init_from / STATE_FILE).is_file():
+        if adapt_state is not None:  # a checkpoint holds trainable weights by name only: nothing to map them with
+            raise InputError(f"init_from {init_from}: this config reshapes the {what} it starts from (e.g. "
+                             "repeat_text_layers), which needs a saved model folder (a run's `model`), not a training "
+                             "checkpoint")
         load_trained_weights(init_from, model)
     else:
         raise InputError(f"init_from {init_from} holds neither a saved model (config.json) nor a training checkpoint")

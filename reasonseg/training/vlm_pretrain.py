@@ -590,12 +590,8 @@ def pretrain_vlm(config: VlmPretrainConfig, resume: bool = False, stop_after: in
     if config.target_patch_weight:
         model.target_patch_head = TargetPatchHead(config.text_width)
     if config.init_from and checkpoint is None:
-        deepen = None
-        if config.repeat_text_layers:
-            if not (Path(config.init_from) / "config.json").is_file():
-                raise InputError(f"init_from {config.init_from}: repeat_text_layers starts from a saved model folder "
-                                 "(a run's `model`), not a training checkpoint")
-            deepen = partial(repeat_text_layers, repeated=config.repeat_text_layers, text_depth=config.text_depth)
+        deepen = (partial(repeat_text_layers, repeated=config.repeat_text_layers, text_depth=config.text_depth)
+                  if config.repeat_text_layers else None)
         load_init_weights(Path(config.init_from), model, LlavaForConditionalGeneration, "toy LLaVA", is_training_aid,
                           extra_file=TRAINING_AIDS_FILE, adapt_state=deepen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
