@@ -97,7 +97,7 @@ def test_make_demo_query_segments_the_circle(demo_segmenter):
     result = demo_segmenter.predict(image, "Which shape has no corners? Please output segmentation mask.")
     assert len(result.masks) == 1 and "circle" in result.text, result.text
     red = (image[..., 0] > 180) & (image[..., 1] < 80) & (image[..., 2] < 80)
-    assert _iou(result, red) >= 0.85  # measured 0.988 (session 24's model; session 23's: 0.978)
+    assert _iou(result, red) >= 0.85  # measured 0.958 (session 26's model; session 24's: 0.988)
 
 
 @pytest.mark.xfail(not MEETS_TARGETS, strict=False,
