@@ -20,6 +20,7 @@ VERB_MODULES = [
     "eval_masks",
     "train",
     "export",
+    "average",
     "build",
     "convert",
     "data",
