@@ -3,8 +3,10 @@ loads, and still scores on the shapes world what its model card says: single-tar
 [SEG] itself, absent objects it must answer without a mask, and the query of `make demo`.
 
 The issue's acceptance (a handful of fixed held-out queries, IoU >= 0.7 each) is strict once the bundled model's
-recorded held-out figures (eval_metrics.json beside it) reach gIoU and cIoU 0.80; until then it is an expected
-failure, so CI shows how many of those queries the current model already gets."""
+recorded held-out figures (eval_metrics.json beside it) reach gIoU and cIoU 0.80 and FIXED_QUERIES_MET says the
+queries have been seen to pass; until then it is an expected failure, so CI shows how many of those queries the
+current model already gets. Session 29's model reaches both figures (0.823 / 0.807 on the test split) yet passes
+2 of the 5 queries, so the acceptance is not met and issue 12 stays open (docs/demo_model.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def _recorded_scores() -> dict:
 
 
 MEETS_TARGETS = min(_recorded_scores()[k] for k in ("giou", "ciou")) >= TARGET
+# set to True by the session whose bundled model passes every fixed query (then the test is strict)
+FIXED_QUERIES_MET = False
 
 
 def _iou(result, truth: np.ndarray) -> float:
@@ -76,7 +80,7 @@ def test_single_targets_are_segmented_from_the_models_own_seg(demo_segmenter):
     results = demo_segmenter.predict_batch(images, prompts, max_new_tokens=48)
     ious = [_iou(result, truth) for result, truth in zip(results, truths)]
     assert len(ious) == 27
-    assert np.mean(ious) >= 0.45, np.round(ious, 2)  # measured 0.848 (session 29's model; session 28's: 0.820; 27 queries, so noisy)
+    assert np.mean(ious) >= 0.45, np.round(ious, 2)  # measured 0.838 (session 29's model; session 28's: 0.820; 27 queries, so noisy)
 
 
 def test_absent_targets_get_no_mask(demo_segmenter):
@@ -97,11 +101,12 @@ def test_make_demo_query_segments_the_circle(demo_segmenter):
     result = demo_segmenter.predict(image, "Which shape has no corners? Please output segmentation mask.")
     assert len(result.masks) == 1 and "circle" in result.text, result.text
     red = (image[..., 0] > 180) & (image[..., 1] < 80) & (image[..., 2] < 80)
-    assert _iou(result, red) >= 0.85  # measured 0.986 (session 29's model; session 28's: 0.917)
+    assert _iou(result, red) >= 0.85  # measured 0.987 (session 29's model; session 28's: 0.917)
 
 
-@pytest.mark.xfail(not MEETS_TARGETS, strict=False,
-                   reason=f"the bundled model's recorded held-out gIoU / cIoU are below {TARGET} (docs/demo_model.md)")
+@pytest.mark.xfail(not (MEETS_TARGETS and FIXED_QUERIES_MET), strict=False,
+                   reason=f"issue 12 is open: the bundled model does not yet give every fixed held-out query IoU >= "
+                          f"{MIN_IOU} (docs/demo_model.md)")
 @pytest.mark.parametrize("index, family", FIXED_QUERIES)
 def test_fixed_held_out_query_gives_its_target(demo_segmenter, index, family):
     sample = generate_sample(split_seed("test", index), families=[family])
