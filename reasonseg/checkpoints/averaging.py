@@ -29,6 +29,8 @@ from .state_dicts import WEIGHT_INDEXES, load_tensor_file, weight_files
 PROVENANCE_FILE = "averaged_from.json"
 # config keys that may differ between sources that are still one architecture
 CONFIG_KEYS_IGNORED = ("transformers_version", "dtype", "torch_dtype", "_name_or_path")
+# what a saved processor file records about where it was loaded from, not what it does
+PROCESSOR_KEYS_IGNORED = ("is_local", "local_files_only", "name_or_path", "_name_or_path", "transformers_version")
 # the processor: tokenizer, image transforms, conversation template
 PROCESSOR_FILES = (
     "tokenizer.json",
@@ -105,7 +107,10 @@ def _processor_file(directory: Path, name: str):
     if not path.is_file():
         return None
     if path.suffix == ".json":
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
+        if isinstance(content, dict):
+            content = {key: value for key, value in content.items() if key not in PROCESSOR_KEYS_IGNORED}
+        return content
     return path.read_bytes()
 
 
