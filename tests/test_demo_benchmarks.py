@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load_benchmark(name: str = "demo_model_families"):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -285,3 +287,22 @@ def test_referring_probe_refuses_a_folder_that_is_no_split_and_a_model_that_is_n
             probe_module.main()
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_fixed_query_rule_starts_with_the_acceptance_tests_queries_and_skips_scenes_without_one():
+    import numpy as np
+
+    from reasonseg.inference.segmenter import Prediction
+    from tests.test_demo_model import FIXED_QUERIES, MIN_IOU
+
+    fixed = _load_benchmark("demo_fixed_queries")
+    assert fixed.MIN_IOU == MIN_IOU
+    queries = fixed.fixed_queries(20)
+    assert [(q.index, q.family) for q in queries[:5]] == FIXED_QUERIES
+    indexes = [q.index for q in queries]
+    assert len(queries) == 20 and indexes == sorted(set(indexes)) and indexes[-1] > 19  # some scenes have none
+    assert all(q.family == fixed.FAMILIES_IN_TURN[q.index % 4] and q.truth.any() for q in queries)
+    truth = queries[0].truth
+    answered = Prediction(text="x [SEG]", masks=[truth.copy()])
+    assert fixed.first_mask_iou(answered, truth) == pytest.approx(1.0, abs=1e-6)  # LISA's epsilon in the union
+    assert fixed.first_mask_iou(Prediction(text="It is not there.", masks=[]), truth) == 0.0
