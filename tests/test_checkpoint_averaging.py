@@ -76,6 +76,25 @@ def test_average_of_one_checkpoint_with_itself_is_that_checkpoint(two_models, tm
     assert all(torch.equal(original[key], averaged[key]) for key in original)
 
 
+def _copy_with_one_tensor_changed(source, target, change: str):
+    """A copy of a sharded checkpoint with its first shard's first tensor dropped, or one extra tensor added."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(source, target)
+    index_path = target / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard_name = sorted(set(index["weight_map"].values()))[0]
+    tensors = load_file(str(target / shard_name))
+    if change == "drop":
+        key = sorted(tensors)[0]
+        del tensors[key], index["weight_map"][key]
+    else:
+        tensors["extra.weight"] = torch.zeros(2)
+        index["weight_map"]["extra.weight"] = shard_name
+    save_file(tensors, str(target / shard_name), metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+
+
 def _expect_error(capsys, argv, message):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -99,6 +118,11 @@ def test_incompatible_checkpoints_and_bad_arguments_are_refused_in_one_line(two_
     settings["conv_type"] = "llava_llama_2"
     (other_processor / "reasonseg_processor.json").write_text(json.dumps(settings))
     _expect_error(capsys, ["average", str(first), str(other_processor), "--out", str(out)], "differ in reasonseg_processor.json")
+
+    for change, message in (("drop", "lacks tensor"), ("add", "holds tensors")):
+        other_tensors = tmp_path / f"{change}_tensor"
+        _copy_with_one_tensor_changed(second, other_tensors, change)
+        _expect_error(capsys, ["average", str(first), str(other_tensors), "--out", str(out)], message)
 
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))

@@ -22,9 +22,8 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from .convert import staged_output
-from .delta import TensorIndex
 from .loading import checkpoint_kind, locate_checkpoint, read_config
-from .state_dicts import WEIGHT_INDEXES, load_tensor_file, weight_files
+from .state_dicts import WEIGHT_INDEXES, TensorIndex, load_tensor_file, weight_files
 
 PROVENANCE_FILE = "averaged_from.json"
 # config keys that may differ between sources that are still one architecture
@@ -61,19 +60,13 @@ def average_checkpoints(sources: list[str | Path], out_dir: str | Path, weights:
     files = weight_files(first)
     if any(path.suffix != ".safetensors" for path in files):
         raise CheckpointError(f"{first} stores its weights as pickles; list a safetensors checkpoint first")
+    _check_same_tensor_names(TensorIndex(first), others)
     with staged_output(out_dir) as staging:
-        seen: set[str] = set()
         for path in files:
             shard = load_tensor_file(path)
             averaged = {key: _mean(key, tensor, others, weights) for key, tensor in shard.items()}
-            seen.update(averaged)
             save_file(averaged, str(staging / path.name), metadata={"format": "pt"})
             del shard, averaged
-        for other in others:
-            extra = sorted(set(other.keys()) - seen)
-            if extra:
-                raise CheckpointError(f"{other.directory} holds tensors {first} lacks ({', '.join(extra[:3])}); "
-                                      "only checkpoints of one architecture can be averaged")
         for name in COPIED_FILES + WEIGHT_INDEXES:
             if (first / name).is_file():
                 shutil.copyfile(first / name, staging / name)
@@ -117,6 +110,7 @@ def _processor_file(directory: Path, name: str):
 def _check_compatible(directories: list[Path]) -> None:
     first = directories[0]
     reference = _comparable_config(first)
+    reference_processor = {name: _processor_file(first, name) for name in PROCESSOR_FILES}
     for directory in directories[1:]:
         config = _comparable_config(directory)
         if config != reference:
@@ -124,17 +118,28 @@ def _check_compatible(directories: list[Path]) -> None:
             raise CheckpointError(f"{directory} and {first} differ in config ({', '.join(differing)}); "
                                   "only checkpoints of one architecture can be averaged")
         for name in PROCESSOR_FILES:
-            if _processor_file(directory, name) != _processor_file(first, name):
+            if _processor_file(directory, name) != reference_processor[name]:
                 raise CheckpointError(f"{directory} and {first} differ in {name}; only checkpoints fine-tuned from one "
                                       "model with one tokenizer and image processor can be averaged")
+
+
+def _check_same_tensor_names(first: TensorIndex, others: list[TensorIndex]) -> None:
+    """Before any tensor is read: every source holds exactly the first one's tensor names."""
+    names = set(first.keys())
+    for other in others:
+        missing = sorted(names - set(other.keys()))
+        if missing:
+            raise CheckpointError(f"{other.directory} lacks tensor {missing[0]}; only checkpoints of one architecture "
+                                  "can be averaged")
+        extra = sorted(set(other.keys()) - names)
+        if extra:
+            raise CheckpointError(f"{other.directory} holds tensors {first.directory} lacks ({', '.join(extra[:3])}); "
+                                  "only checkpoints of one architecture can be averaged")
 
 
 def _mean(key: str, tensor: torch.Tensor, others: list[TensorIndex], weights: list[float]) -> torch.Tensor:
     partners = []
     for other in others:
-        if key not in other:
-            raise CheckpointError(f"{other.directory} lacks tensor {key}; only checkpoints of one architecture "
-                                  "can be averaged")
         partner = other.get(key)
         if partner.shape != tensor.shape:
             raise CheckpointError(f"tensor {key} is {tuple(partner.shape)} in {other.directory} but "

@@ -14,7 +14,6 @@ read from a mapping count as the process's memory until it is closed, so the map
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .state_dicts import WEIGHT_INDEXES, load_tensor_file, weight_files
+from .state_dicts import TensorIndex, load_tensor_file, weight_files
 
 # tensors only the delta has (LLaVA's apply_delta allows exactly the projector)
 DELTA_ONLY = re.compile(r"^model\.mm_projector\.")
@@ -31,57 +30,6 @@ GROWABLE = ("model.embed_tokens.weight", "lm_head.weight")
 # buffers transformers 4.x saved that are recomputed, never added
 RECOMPUTED = re.compile(r"rotary_emb\.inv_freq$")
 REMAP_BYTES = 256 * 2**20
-
-
-class TensorIndex:
-    """Look tensors of a checkpoint directory up by name without loading it all: safetensors files are opened per
-    tensor, pickled shards memory-mapped (weights only) on first use."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self._file_of: dict[str, Path] = {}
-        self._open: dict[Path, dict] = {}
-        for index_name in WEIGHT_INDEXES:
-            index = self.directory / index_name
-            if index.is_file():
-                weight_map = json.loads(index.read_text())["weight_map"]
-                self._file_of = {key: self.directory / name for key, name in weight_map.items()}
-                break
-        else:
-            for path in weight_files(self.directory):
-                for key in self._keys_of(path):
-                    self._file_of[key] = path
-
-    def _keys_of(self, path: Path) -> list[str]:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                return list(handle.keys())
-        return list(self._shard(path))
-
-    def _shard(self, path: Path) -> dict:
-        if path not in self._open:
-            self._open[path] = load_tensor_file(path)
-        return self._open[path]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._file_of
-
-    def keys(self) -> list[str]:
-        return list(self._file_of)
-
-    def get(self, key: str) -> torch.Tensor:
-        path = self._file_of[key]
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                return handle.get_tensor(key)
-        return self._shard(path)[key]
-
-    def close(self) -> None:
-        self._open.clear()
 
 
 def iter_delta_applied(

@@ -62,3 +62,54 @@ def iter_checkpoint_tensors(directory: Path):
         shard = load_tensor_file(path)
         yield from shard.items()
         del shard
+
+
+class TensorIndex:
+    """Look tensors of a checkpoint directory up by name without loading it all: safetensors files are opened per
+    tensor, pickled shards memory-mapped (weights only) on first use."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._file_of: dict[str, Path] = {}
+        self._open: dict[Path, dict] = {}
+        for index_name in WEIGHT_INDEXES:
+            index = self.directory / index_name
+            if index.is_file():
+                weight_map = json.loads(index.read_text())["weight_map"]
+                self._file_of = {key: self.directory / name for key, name in weight_map.items()}
+                break
+        else:
+            for path in weight_files(self.directory):
+                for key in self._keys_of(path):
+                    self._file_of[key] = path
+
+    def _keys_of(self, path: Path) -> list[str]:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return list(handle.keys())
+        return list(self._shard(path))
+
+    def _shard(self, path: Path) -> dict:
+        if path not in self._open:
+            self._open[path] = load_tensor_file(path)
+        return self._open[path]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._file_of
+
+    def keys(self) -> list[str]:
+        return list(self._file_of)
+
+    def get(self, key: str) -> torch.Tensor:
+        path = self._file_of[key]
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return handle.get_tensor(key)
+        return self._shard(path)[key]
+
+    def close(self) -> None:
+        self._open.clear()
