@@ -464,6 +464,57 @@ def test_toy_world_kinds_line_asks_only_those_kinds_with_their_masks():
         make_source(DatasetSpec("custom", "x.jsonl", kinds="closest"))
 
 
+def test_same_colour_neighbours_finds_close_look_alikes_only():
+    from reasonseg.data.toy_world import BackgroundSpec, ObjectSpec, render_scene
+    from reasonseg.data.toy_world.scene import same_colour_neighbours
+
+    layout = [ObjectSpec("square", "red", "medium", 40, (60, 60)),
+              ObjectSpec("circle", "red", "medium", 40, (105, 60)),  # 5 px from the square: within 8 % of 200
+              ObjectSpec("star", "blue", "medium", 40, (60, 105)),  # as close, another colour
+              ObjectSpec("heart", "red", "medium", 40, (160, 160))]  # same colour, far
+    scene = render_scene(200, 200, layout, BackgroundSpec("plain", (128, 128, 128)), allow_overlap=False)
+    assert same_colour_neighbours(scene, 0) == [1]
+    assert same_colour_neighbours(scene, 1) == [0]
+    assert same_colour_neighbours(scene, 2) == []
+    assert same_colour_neighbours(scene, 3) == []
+    assert same_colour_neighbours(scene, 3, reach=0.5) == [0, 1]
+
+
+def test_toy_world_target_filter_keeps_shapes_beside_a_look_alike():
+    import random
+
+    from reasonseg.data.toy_world import generate_sample, split_seed
+    from reasonseg.data.toy_world.scene import same_colour_neighbours
+    from reasonseg.training.config import DatasetSpec
+    from reasonseg.training.datasets import make_source
+
+    source = make_source(DatasetSpec("toy_world", "train", target_filter="beside_same_colour",
+                                     answer_style="referring_and_lists"))
+    scenes = set()
+    for index in range(0, 64, 8):
+        drawn = source.draw(index, random.Random(index), 3)
+        seed = int(drawn.source.split(":")[1])
+        scenes.add(seed)
+        sample = generate_sample(seed)
+        assert len(drawn.masks) == len(drawn.conversations) >= 1
+        for mask, turns in zip(drawn.masks, drawn.conversations):
+            assert turns[0][1].count("[SEG]") == 1
+            target = next(i for i, obj in enumerate(sample.objects) if np.array_equal(obj.mask, mask.astype(bool)))
+            assert same_colour_neighbours(sample.scene, target)
+            assert sample.objects[target].describe() in turns[0][1]
+    first = generate_sample(split_seed("train", 0))  # scene 0 has no look-alike pair: passed over
+    assert not any(same_colour_neighbours(first.scene, i) for i in range(len(first.objects)))
+    assert split_seed("train", 0) not in scenes and len(scenes) >= 4
+    spatial = make_source(DatasetSpec("toy_world", "train", subsets="spatial", target_filter="beside_same_colour"))
+    assert all(q.family == "spatial" for q in spatial._sample_and_queries(3)[1])
+    with pytest.raises(InputError, match="target_filter 'touching' should be one of beside_same_colour"):
+        make_source(DatasetSpec("toy_world", "train", target_filter="touching"))
+    with pytest.raises(InputError, match="target_filter applies to toy_world datasets only"):
+        make_source(DatasetSpec("custom", "x.jsonl", target_filter="beside_same_colour"))
+    with pytest.raises(InputError, match="'qa' asks for no masks: remove target_filter"):
+        make_source(DatasetSpec("toy_world", "train", subsets="qa", target_filter="beside_same_colour"))
+
+
 def test_toy_world_language_subset_gives_stage_two_turns_without_masks():
     import random
 

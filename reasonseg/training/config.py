@@ -22,7 +22,8 @@ class DatasetSpec:
     ``referring``, and every several-target answer in the words of stage 2's list turns, "They are the small red star
     at (3, 6) [SEG] and the large blue star at (5, 2) [SEG]."); kinds (``toy_world`` only, instead of subsets): only
     these one-target query kinds (e.g. ``only_of_kind||closest``), asked whenever a scene offers one, as stage 2's
-    ``focus_kinds`` asks them."""
+    ``focus_kinds`` asks them; target_filter (``toy_world`` only): keep only the one-target queries whose target
+    is ``beside_same_colour`` (another shape of its colour within 8 % of the shorter side: where masks spill)."""
 
     kind: str
     path: str
@@ -33,6 +34,7 @@ class DatasetSpec:
     explanatory_rate: float = 0.0
     answer_style: str = "varied"
     kinds: list[str] | str | None = None
+    target_filter: str | None = None
 
 
 @dataclass

@@ -94,7 +94,9 @@ LANGUAGE_SUBSETS = ("qa", "referring")
 ANSWER_STYLES = ("varied", "referring", "referring_and_lists")
 
 
-MAX_SCENES_WITHOUT_KIND = 200  # a toy_world line with kinds looks this far for a scene offering one
+MAX_SCENES_WITHOUT_KIND = 200  # a toy_world line with kinds or a target filter looks this far for a scene offering one
+# toy_world target filters: which one-target queries a line keeps (its scenes are searched until one offers such a query)
+TARGET_FILTERS = ("beside_same_colour",)
 
 
 class ToyWorldSource:
@@ -104,7 +106,7 @@ class ToyWorldSource:
     world's (one [SEG] per target, none when the target is absent, a reason when asked why)."""
 
     def __init__(self, split: str, families: list[str] | str | None = None, answer_style: str = "varied",
-                 kinds: list[str] | str | None = None):
+                 kinds: list[str] | str | None = None, target_filter: str | None = None):
         from ..data.toy_world import SPLIT_SIZE, SPLIT_OFFSETS
         from ..data.toy_world.queries import check_query_kinds
 
@@ -124,6 +126,11 @@ class ToyWorldSource:
             if self.families is not None:
                 raise InputError("toy_world: give subsets (query families) or kinds (query kinds), not both")
             check_query_kinds(self.kinds)
+        if target_filter is not None and target_filter not in TARGET_FILTERS:
+            raise InputError(f"toy_world target_filter {target_filter!r} should be one of {', '.join(TARGET_FILTERS)}")
+        if target_filter is not None and self.language_subset:
+            raise InputError(f"toy_world subsets {self.language_subset!r} asks for no masks: remove target_filter")
+        self.target_filter = target_filter
 
     def __len__(self) -> int:
         return self.size
@@ -152,21 +159,36 @@ class ToyWorldSource:
 
     def _sample_and_queries(self, index: int):
         """Scene ``index`` and its queries; with ``kinds``, the first scene from ``index`` on that offers one of them
-        (most scenes offer none of the rare kinds) and one query per kind it offers."""
+        (most scenes offer none of the rare kinds) and one query per kind it offers; with a target filter, the first
+        scene from ``index`` on with a one-target query the filter keeps, and only those queries."""
         from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
         from ..data.toy_world.queries import focus_queries
 
-        if self.kinds is None:
+        if self.kinds is None and self.target_filter is None:
             sample = generate_sample(split_seed(self.split, index), families=self.families)
             return sample, sample.queries
-        for offset in range(MAX_SCENES_WITHOUT_KIND):  # only the scene until one offers a kind: no language pairs
+        for offset in range(MAX_SCENES_WITHOUT_KIND):  # only the scene until one qualifies: no language pairs
             seed = split_seed(self.split, (index + offset) % self.size)
             scene = generate_scene(seed)
-            queries = focus_queries(scene, seed, self.kinds)
+            if self.kinds is None:
+                sample = sample_from_scene(scene, seed, families=self.families)
+                queries = sample.queries
+            else:
+                sample, queries = sample_from_scene(scene, seed, families=[]), focus_queries(scene, seed, self.kinds)
+            queries = [query for query in queries if self._keeps(scene, query)]
             if queries:
-                return sample_from_scene(scene, seed, families=[]), queries
-        raise InputError(f"toy_world: none of {MAX_SCENES_WITHOUT_KIND} scenes from {index} on offers a query of kinds "
-                         f"{', '.join(self.kinds)}; add commoner kinds")
+                return sample, queries
+        wanted = f"kinds {', '.join(self.kinds)}" if self.kinds else "family"
+        target = f" whose target is {self.target_filter}" if self.target_filter else ""
+        raise InputError(f"toy_world: none of {MAX_SCENES_WITHOUT_KIND} scenes from {index} on offers a query of "
+                         f"the asked {wanted}{target}; ask for commoner ones")
+
+    def _keeps(self, scene, query) -> bool:
+        from ..data.toy_world.scene import same_colour_neighbours
+
+        if self.target_filter is None:
+            return True
+        return len(query.targets) == 1 and bool(same_colour_neighbours(scene, query.targets[0]))
 
     def _answer(self, sample, query) -> str:
         from ..data.toy_world.turns import list_seg_answer, referring_seg_answer
@@ -373,10 +395,12 @@ def make_source(spec):
     explanatory_rate = float(getattr(spec, "explanatory_rate", 0.0) or 0.0)
     answer_style = getattr(spec, "answer_style", "varied")
     kinds = getattr(spec, "kinds", None)
+    target_filter = getattr(spec, "target_filter", None)
     if answer_style != "varied" and spec.kind != "toy_world":
         raise InputError(f"answer_style applies to toy_world datasets only; remove it from the {spec.kind} entry")
-    if kinds is not None and spec.kind != "toy_world":
-        raise InputError(f"kinds applies to toy_world datasets only; remove it from the {spec.kind} entry")
+    for name, value in (("kinds", kinds), ("target_filter", target_filter)):
+        if value is not None and spec.kind != "toy_world":
+            raise InputError(f"{name} applies to toy_world datasets only; remove it from the {spec.kind} entry")
     if spec.kind == "custom":
         return CustomSource(spec.path)
     if spec.kind == "reason_seg":
@@ -386,7 +410,7 @@ def make_source(spec):
     if spec.kind == "sem_seg":
         return SemSegSource(spec.path, subsets, strict)
     if spec.kind == "toy_world":
-        return ToyWorldSource(spec.path, subsets, answer_style, kinds)
+        return ToyWorldSource(spec.path, subsets, answer_style, kinds, target_filter)
     if spec.kind == "refer_seg":
         return ReferSegSource(spec.path, subsets, strict, spec.split)
     if spec.kind == "vqa":

@@ -171,6 +171,19 @@ class Scene:
         return int(self.image.shape[1])
 
 
+NEIGHBOUR_REACH = 0.08  # same_colour_neighbours: this fraction of the shorter side around an object's visible pixels
+
+
+def same_colour_neighbours(scene: Scene, index: int, reach: float = NEIGHBOUR_REACH) -> list[int]:
+    """The other objects of object ``index``'s colour whose visible pixels come within ``reach`` (a fraction of the
+    image's shorter side) of its own: the scenes where a mask most easily spills onto a look-alike."""
+    target = scene.objects[index]
+    radius = max(1, round(reach * min(scene.height, scene.width)))
+    grown = cv2.dilate(target.mask.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) > 0
+    return [position for position, other in enumerate(scene.objects)
+            if position != index and other.colour == target.colour and bool((grown & other.mask).any())]
+
+
 # --------------------------------------------------------------------------------------------------------- drawing
 def _single_piece(visible: np.ndarray) -> bool:
     """One 8-connected component, and no holes (the background around it is one 4-connected component)."""
