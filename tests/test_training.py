@@ -135,6 +135,18 @@ def test_a_new_run_never_starts_over_an_old_runs_checkpoints(workspace):
     assert all(r["loss"] != 9.0 for r in _records(killed, "train"))
 
 
+def test_overrides_step_into_dataset_entries(workspace):
+    datasets = "[{kind: custom, path: a.jsonl}, {kind: custom, path: b.jsonl, rate: 2}]"
+    config = load_training_config(None, ["model=x", f"datasets={datasets}", "datasets.1.rate=0.5",
+                                         "datasets.0.path=c.jsonl", "lora.r=4"])
+    assert [(d.path, d.rate) for d in config.datasets] == [("c.jsonl", 1.0), ("b.jsonl", 0.5)]
+    assert config.lora.r == 4
+    with pytest.raises(InputError, match=r"'datasets.2.rate=1': datasets is a list of 2; give an index from 0 to 1"):
+        load_training_config(None, ["model=x", f"datasets={datasets}", "datasets.2.rate=1"])
+    with pytest.raises(InputError, match=r"'lr.x=1': lr is a single value, not a mapping"):
+        load_training_config(None, ["model=x", f"datasets={datasets}", "lr=1e-4", "lr.x=1"])
+
+
 def test_config_errors_are_one_line(workspace):
     with pytest.raises(InputError, match="unknown training config keys: bogus"):
         load_training_config(None, ["model=x", "datasets=[{kind: custom, path: x}]", "bogus=1"])

@@ -11,7 +11,8 @@ from ..errors import InputError
 
 
 def read_config_dict(path: str | Path | None, overrides: list[str] = (), what: str = "training config") -> dict:
-    """The YAML mapping at ``path`` (empty without one) with each ``a.b=value`` override applied (YAML-typed)."""
+    """The YAML mapping at ``path`` (empty without one) with each ``a.b=value`` override applied (YAML-typed); a
+    number steps into a list (``datasets.1.rate=0.5``: the second dataset entry's rate)."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -29,9 +30,18 @@ def read_config_dict(path: str | Path | None, overrides: list[str] = (), what: s
             raise InputError(f"override {override!r} should look like key=value (e.g. lr=1e-4)")
         target = raw
         parts = key.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(value)
+        for depth, part in enumerate(parts):
+            if isinstance(target, list):
+                if not part.isdigit() or int(part) >= len(target):
+                    raise InputError(f"override {override!r}: {'.'.join(parts[:depth])} is a list of {len(target)}; "
+                                     f"give an index from 0 to {len(target) - 1}")
+                part = int(part)
+            elif not isinstance(target, dict):
+                raise InputError(f"override {override!r}: {'.'.join(parts[:depth])} is a single value, not a mapping")
+            if depth == len(parts) - 1:
+                target[part] = yaml.safe_load(value)
+            else:
+                target = target.setdefault(part, {}) if isinstance(target, dict) else target[part]
     return raw
 
 
