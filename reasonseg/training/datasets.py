@@ -161,34 +161,36 @@ class ToyWorldSource:
         """Scene ``index`` and its queries; with ``kinds``, the first scene from ``index`` on that offers one of them
         (most scenes offer none of the rare kinds) and one query per kind it offers; with a target filter, the first
         scene from ``index`` on with a one-target query the filter keeps, and only those queries."""
-        from ..data.toy_world import generate_sample, generate_scene, sample_from_scene, split_seed
+        from ..data.toy_world import generate_sample, generate_scene, make_queries, sample_from_scene, split_seed
         from ..data.toy_world.queries import focus_queries
 
         if self.kinds is None and self.target_filter is None:
             sample = generate_sample(split_seed(self.split, index), families=self.families)
             return sample, sample.queries
-        for offset in range(MAX_SCENES_WITHOUT_KIND):  # only the scene until one qualifies: no language pairs
+        for offset in range(MAX_SCENES_WITHOUT_KIND):  # only scene and queries until one qualifies: no language pairs
             seed = split_seed(self.split, (index + offset) % self.size)
             scene = generate_scene(seed)
             if self.kinds is None:
-                sample = sample_from_scene(scene, seed, families=self.families)
-                queries = sample.queries
+                queries = make_queries(scene, seed, self.families)
             else:
-                sample, queries = sample_from_scene(scene, seed, families=[]), focus_queries(scene, seed, self.kinds)
-            queries = [query for query in queries if self._keeps(scene, query)]
+                queries = focus_queries(scene, seed, self.kinds)
+            queries = self._kept(scene, queries)
             if queries:
-                return sample, queries
+                return sample_from_scene(scene, seed, families=[]), queries
         wanted = f"kinds {', '.join(self.kinds)}" if self.kinds else "family"
         target = f" whose target is {self.target_filter}" if self.target_filter else ""
         raise InputError(f"toy_world: none of {MAX_SCENES_WITHOUT_KIND} scenes from {index} on offers a query of "
                          f"the asked {wanted}{target}; ask for commoner ones")
 
-    def _keeps(self, scene, query) -> bool:
+    def _kept(self, scene, queries: list) -> list:
+        """``queries`` that pass the target filter (each target is looked at once)."""
         from ..data.toy_world.scene import same_colour_neighbours
 
         if self.target_filter is None:
-            return True
-        return len(query.targets) == 1 and bool(same_colour_neighbours(scene, query.targets[0]))
+            return queries
+        single = {query.targets[0] for query in queries if len(query.targets) == 1}
+        beside = {target for target in single if same_colour_neighbours(scene, target)}
+        return [query for query in queries if len(query.targets) == 1 and query.targets[0] in beside]
 
     def _answer(self, sample, query) -> str:
         from ..data.toy_world.turns import list_seg_answer, referring_seg_answer

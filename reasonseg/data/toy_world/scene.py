@@ -177,11 +177,12 @@ NEIGHBOUR_REACH = 0.08  # same_colour_neighbours: this fraction of the shorter s
 def same_colour_neighbours(scene: Scene, index: int, reach: float = NEIGHBOUR_REACH) -> list[int]:
     """The other objects of object ``index``'s colour whose visible pixels come within ``reach`` (a fraction of the
     image's shorter side) of its own: the scenes where a mask most easily spills onto a look-alike."""
-    target = scene.objects[index]
     radius = max(1, round(reach * min(scene.height, scene.width)))
-    grown = cv2.dilate(target.mask.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) > 0
-    return [position for position, other in enumerate(scene.objects)
-            if position != index and other.colour == target.colour and bool((grown & other.mask).any())]
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    grown = cv2.dilate((scene.labels == index).astype(np.uint8), kernel) > 0
+    colour = scene.objects[index].colour
+    return [int(near) for near in np.unique(scene.labels[grown])
+            if near >= 0 and near != index and scene.objects[near].colour == colour]
 
 
 # --------------------------------------------------------------------------------------------------------- drawing
