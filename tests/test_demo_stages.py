@@ -15,10 +15,17 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast,
 from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.trainer import STATE_FILE
-from reasonseg.training.sam_pretrain import build_sam, draw_prompt_batch, load_sam_pretrain_config
+from reasonseg.training.sam_pretrain import (
+    build_sam,
+    draw_prompt_batch,
+    load_sam_pretrain_config,
+    lookalike_scene,
+    padded_mask,
+)
 from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.processing.processing_reasonseg import ReasonSegProcessor
-from reasonseg.data.toy_world import generate_sample, generate_scene, split_seed
+from reasonseg.data.toy_world import generate_sample, generate_scene, phase_train_index, split_seed
+from reasonseg.data.toy_world.scene import same_colour_neighbours
 from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.data.toy_world.turns import referring_question, referring_turn
 from reasonseg.errors import InputError
@@ -241,6 +248,46 @@ def test_sam_prompts_are_inside_their_targets():
             x0, y0, x1, y1 = batch.boxes[row, k].tolist()
             ys, xs = np.nonzero(target.numpy())
             assert xs.min() >= x0 - 1 and xs.max() <= x1 + 1 and ys.min() >= y0 - 1 and ys.max() <= y1 + 1
+
+
+def test_sam_lookalike_images_prompt_only_shapes_beside_a_same_coloured_look_alike():
+    config = load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "batch_size=6", "lookalike_rate=1"])
+    transform = SamTransform(config.image_size)
+    batch = draw_prompt_batch(config, 0, transform)
+    for row in range(config.batch_size):
+        scene, beside = lookalike_scene(config, row)
+        assert beside and all(same_colour_neighbours(scene, index) for index in beside)
+        pixel_values, resized = transform(Image.fromarray(scene.image))
+        torch.testing.assert_close(batch.pixel_values[row], pixel_values)
+        allowed = [padded_mask(scene.objects[index].mask, resized, config.image_size) for index in beside]
+        for target in batch.targets[row].numpy():
+            assert any(np.array_equal(target, mask) for mask in allowed)
+    # rate 0 reads the plain scenes, as before the option existed
+    plain = load_sam_pretrain_config("configs/demo/toy_sam.yaml", TINY_SAM)
+    scene = generate_scene(split_seed("train", phase_train_index(plain.seed, 1)))
+    torch.testing.assert_close(draw_prompt_batch(plain, 0, transform).pixel_values[1],
+                               transform(Image.fromarray(scene.image))[0])
+    with pytest.raises(InputError, match="lookalike_rate 1.5 is not a share"):
+        load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "lookalike_rate=1.5"])
+
+
+def test_sam_phase_without_prompt_side_training_changes_only_the_image_encoder(tmp_path, capsys):
+    config = STAGE_CONFIGS["sam"]
+    first = tmp_path / "first"
+    assert main(["pretrain", "sam", "--config", config, f"output_dir={first}", *TINY_SAM]) == 0
+    second = tmp_path / "second"
+    assert main(["pretrain", "sam", "--config", config, f"output_dir={second}", f"init_from={first / 'model'}",
+                 *TINY_SAM, "train_prompt_side=false", "lookalike_rate=0.5", "lr=1e-2", "val_every=0"]) == 0
+    before, after = _final_weights(first), _final_weights(second)
+    encoder = [name for name in before if name.startswith("vision_encoder.")]
+    assert any(not torch.equal(before[name], after[name]) for name in encoder)
+    for name in before.keys() - set(encoder):
+        torch.testing.assert_close(after[name], before[name], atol=0, rtol=0, msg=name)
+    capsys.readouterr()
+    assert main(["pretrain", "sam", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_SAM,
+                 "train_prompt_side=false"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "give init_from" in error[0], error
 
 
 def test_vlm_labels_supervise_exactly_the_answers():

@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
+from ..data.toy_world.scene import same_colour_neighbours
 from ..checkpoints.loading import read_sam_config
 from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
@@ -38,6 +39,9 @@ from .trainer import (
 )
 
 FINAL_MODEL_DIR = "model"
+# look-alike images (lookalike_rate) come from their own stretch of a run's train scenes, LOOKALIKE_SCAN per image
+LOOKALIKE_START = 500_000
+LOOKALIKE_SCAN = 16
 
 
 @dataclass
@@ -70,6 +74,12 @@ class SamPretrainConfig:
     # prompts: boxes for a share of the steps, else one point: the object's innermost pixel or a random one of it
     box_rate: float = 0.5
     random_point_rate: float = 0.5
+    # share of a batch's images that are scenes holding shapes beside a same-coloured look-alike
+    # (toy_world.scene.same_colour_neighbours); their prompts ask for those shapes only
+    lookalike_rate: float = 0.0
+    # False: the prompt encoder and mask decoder stay as loaded and only the image encoder learns, e.g. for the SAM
+    # inside a stage-3 model, whose [SEG] prompts were trained against that decoder
+    train_prompt_side: bool = True
     save_every: int = 200
     keep_last: int = 2
     log_every: int = 10
@@ -95,6 +105,11 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
     if config.image_size % config.patch_size:
         raise InputError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
     check_precision(config.precision, ("fp32", "bf16"), "toy SAM config")
+    if not 0.0 <= config.lookalike_rate <= 1.0:
+        raise InputError(f"lookalike_rate {config.lookalike_rate} is not a share; give a number from 0 to 1")
+    if not config.train_prompt_side and not (config.init_from or config.init_decoder_from):
+        raise InputError("train_prompt_side=false keeps an untrained prompt encoder and mask decoder; "
+                         "give init_from (a trained toy SAM) or leave train_prompt_side on")
     if max(config.global_attn_indexes, default=-1) >= config.encoder_depth:
         raise InputError(f"global_attn_indexes {config.global_attn_indexes} name blocks beyond encoder_depth {config.encoder_depth}")
     if config.init_from and config.init_decoder_from:
@@ -191,19 +206,38 @@ def padded_mask(mask: np.ndarray, resized: tuple[int, int], size: int) -> np.nda
     return out
 
 
+def lookalike_scene(config: SamPretrainConfig, index: int):
+    """The look-alike scene of image ``index``: the first of its own run of ``LOOKALIKE_SCAN`` train scenes (read from
+    ``LOOKALIKE_START`` on, apart from the plain images' scenes) with shapes beside a same-coloured look-alike, and
+    those shapes; ``None`` when none of the run has any."""
+    for offset in range(LOOKALIKE_SCAN):
+        position = LOOKALIKE_START + index * LOOKALIKE_SCAN + offset
+        scene = generate_scene(split_seed("train", phase_train_index(config.seed, position)))
+        beside = [obj.index for obj in scene.objects if same_colour_neighbours(scene, obj.index)]
+        if beside:
+            return scene, beside
+    return None
+
+
 def draw_prompt_batch(config: SamPretrainConfig, step: int, transform: SamTransform) -> PromptBatch:
     """The batch of ``step``: the run's scenes ``step * batch_size + row`` of the train split (where its ``seed``
     starts them: ``phase_train_index``), ``prompts_per_image`` objects each (drawn with replacement so every image
-    brings the same number)."""
+    brings the same number); a ``lookalike_rate`` share of the images are look-alike scenes instead
+    (``lookalike_scene``), prompted on their shapes beside a look-alike."""
     pixels, points, boxes, targets = [], [], [], []
     for row in range(config.batch_size):
         index = step * config.batch_size + row
         rng = np.random.default_rng([config.seed, index])
-        scene = generate_scene(split_seed("train", phase_train_index(config.seed, index)))
+        found = lookalike_scene(config, index) if config.lookalike_rate and rng.random() < config.lookalike_rate else None
+        if found is None:
+            scene = generate_scene(split_seed("train", phase_train_index(config.seed, index)))
+            candidates = np.arange(len(scene.objects))
+        else:
+            scene, candidates = found[0], np.array(found[1])
         image = Image.fromarray(scene.image)
         pixel_values, resized = transform(image)
         scale = resized[0] / scene.height
-        chosen = rng.integers(0, len(scene.objects), size=config.prompts_per_image)
+        chosen = candidates[rng.integers(0, len(candidates), size=config.prompts_per_image)]
         row_points, row_boxes, row_targets = [], [], []
         for object_index in chosen:
             obj = scene.objects[int(object_index)]
@@ -297,6 +331,9 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
     output_dir = Path(config.output_dir)
     accelerator = new_accelerator(config.precision, cpu=not torch.cuda.is_available())
     model = build_sam(config)
+    if not config.train_prompt_side:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(parameter.requires_grad and name.startswith("vision_encoder."))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
     start = 0
