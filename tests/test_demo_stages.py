@@ -283,6 +283,15 @@ def test_sam_phase_without_prompt_side_training_changes_only_the_image_encoder(t
     assert any(not torch.equal(before[name], after[name]) for name in encoder)
     for name in before.keys() - set(encoder):
         torch.testing.assert_close(after[name], before[name], atol=0, rtol=0, msg=name)
+    # resumed, the same run ends where it ends straight (a checkpoint holds only what learns: the frozen prompt side
+    # comes from init_from again)
+    interrupted = tmp_path / "interrupted"
+    args = ["pretrain", "sam", "--config", config, f"output_dir={interrupted}", f"init_from={first / 'model'}",
+            *TINY_SAM, "train_prompt_side=false", "lookalike_rate=0.5", "lr=1e-2", "val_every=0", "seed=3"]
+    assert main([*args, "--stop-after", "2"]) == 0 and main([*args, "--resume"]) == 0
+    resumed = _final_weights(interrupted)
+    for name in before.keys() - set(encoder):
+        torch.testing.assert_close(resumed[name], before[name], atol=0, rtol=0, msg=name)
     capsys.readouterr()
     assert main(["pretrain", "sam", "--config", config, f"output_dir={tmp_path / 'bad'}", *TINY_SAM,
                  "train_prompt_side=false"]) == 1

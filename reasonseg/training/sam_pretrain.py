@@ -108,8 +108,8 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
     if not 0.0 <= config.lookalike_rate <= 1.0:
         raise InputError(f"lookalike_rate {config.lookalike_rate} is not a share; give a number from 0 to 1")
     if not config.train_prompt_side and not (config.init_from or config.init_decoder_from):
-        raise InputError("train_prompt_side=false keeps an untrained prompt encoder and mask decoder; "
-                         "give init_from (a trained toy SAM) or leave train_prompt_side on")
+        raise InputError("train_prompt_side=false keeps an untrained prompt encoder and mask decoder; give init_from "
+                         "(or init_decoder_from) a trained toy SAM, or leave train_prompt_side on")
     if max(config.global_attn_indexes, default=-1) >= config.encoder_depth:
         raise InputError(f"global_attn_indexes {config.global_attn_indexes} name blocks beyond encoder_depth {config.encoder_depth}")
     if config.init_from and config.init_decoder_from:
@@ -336,14 +336,14 @@ def pretrain_sam(config: SamPretrainConfig, resume: bool = False, stop_after: in
             parameter.requires_grad_(parameter.requires_grad and name.startswith("vision_encoder."))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(config.warmup_steps, config.steps))
-    start = 0
     checkpoint = checkpoint_to_resume(output_dir, resume)
-    if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizer, scheduler)
-    elif config.init_from:
+    # the start weights first, also on resume: a checkpoint holds only what learns, so what stays frozen (the Fourier
+    # matrix; with train_prompt_side off, the prompt side) must come from them again
+    if config.init_from:
         load_init_weights(Path(config.init_from), model, SamModel, "toy SAM")
     elif config.init_decoder_from:
         load_prompt_side(Path(config.init_decoder_from), model)
+    start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint is not None else 0
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(json.dumps(config.to_dict(), indent=2))
     model, optimizer = accelerator.prepare(model, optimizer)
