@@ -184,12 +184,12 @@ class ToyWorldSource:
 
     def _kept(self, scene, queries: list) -> list:
         """``queries`` that pass the target filter (each target is looked at once)."""
-        from ..data.toy_world.scene import same_colour_neighbours
+        from ..data.toy_world.scene import beside_look_alikes
 
         if self.target_filter is None:
             return queries
         single = {query.targets[0] for query in queries if len(query.targets) == 1}
-        beside = {target for target in single if same_colour_neighbours(scene, target)}
+        beside = set(beside_look_alikes(scene, single))
         return [query for query in queries if len(query.targets) == 1 and query.targets[0] in beside]
 
     def _answer(self, sample, query) -> str:

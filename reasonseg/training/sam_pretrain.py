@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
-from ..data.toy_world.scene import same_colour_neighbours
+from ..data.toy_world.scene import beside_look_alikes
 from ..checkpoints.loading import read_sam_config
 from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
@@ -75,7 +75,7 @@ class SamPretrainConfig:
     box_rate: float = 0.5
     random_point_rate: float = 0.5
     # share of a batch's images that are scenes holding shapes beside a same-coloured look-alike
-    # (toy_world.scene.same_colour_neighbours); their prompts ask for those shapes only
+    # (toy_world.scene.beside_look_alikes); their prompts ask for those shapes only
     lookalike_rate: float = 0.0
     # False: the prompt encoder and mask decoder stay as loaded and only the image encoder learns, e.g. for the SAM
     # inside a stage-3 model, whose [SEG] prompts were trained against that decoder
@@ -213,7 +213,7 @@ def lookalike_scene(config: SamPretrainConfig, index: int):
     for offset in range(LOOKALIKE_SCAN):
         position = LOOKALIKE_START + index * LOOKALIKE_SCAN + offset
         scene = generate_scene(split_seed("train", phase_train_index(config.seed, position)))
-        beside = [obj.index for obj in scene.objects if same_colour_neighbours(scene, obj.index)]
+        beside = beside_look_alikes(scene)
         if beside:
             return scene, beside
     return None

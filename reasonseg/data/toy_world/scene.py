@@ -185,6 +185,12 @@ def same_colour_neighbours(scene: Scene, index: int, reach: float = NEIGHBOUR_RE
             if near >= 0 and near != index and scene.objects[near].colour == colour]
 
 
+def beside_look_alikes(scene: Scene, indices=None) -> list[int]:
+    """Those of ``indices`` (default: every object) that have a same-coloured neighbour (``same_colour_neighbours``)."""
+    candidates = range(len(scene.objects)) if indices is None else indices
+    return [index for index in candidates if same_colour_neighbours(scene, index)]
+
+
 # --------------------------------------------------------------------------------------------------------- drawing
 def _single_piece(visible: np.ndarray) -> bool:
     """One 8-connected component, and no holes (the background around it is one 4-connected component)."""
