@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
@@ -306,3 +307,22 @@ def test_fixed_query_rule_starts_with_the_acceptance_tests_queries_and_skips_sce
     answered = Prediction(text="x [SEG]", masks=[truth.copy()])
     assert fixed.first_mask_iou(answered, truth) == pytest.approx(1.0, abs=1e-6)  # LISA's epsilon in the union
     assert fixed.first_mask_iou(Prediction(text="It is not there.", masks=[]), truth) == 0.0
+
+
+def test_mask_region_benchmark_scores_each_rule_from_the_same_logits():
+    from reasonseg.inference.segmenter import Prediction
+
+    benchmark = _load_benchmark("demo_mask_regions")
+    truth = np.zeros((6, 8), dtype=bool)
+    truth[1:4, 1:4] = True  # 9 px
+    logits = np.full((6, 8), -1.0, dtype=np.float32)
+    logits[1:4, 1:4] = 2.0  # the target ...
+    logits[0, 5:8] = logits[5, 5:8] = 1.0  # ... and two 3-px patches elsewhere
+    predictions = [Prediction("x", masks=[logits > 0], mask_logits=[logits]), Prediction("no mask")]
+    truths = [truth, truth]
+    giou, ciou, passed = benchmark.score(predictions, truths, "all")
+    assert (giou, ciou, passed) == (pytest.approx((9 / 15 + 0) / 2, abs=1e-5), pytest.approx(9 / 24), 0.0)
+    giou, ciou, passed = benchmark.score(predictions, truths, "largest")
+    assert (giou, ciou, passed) == (pytest.approx(0.5, abs=1e-5), pytest.approx(9 / 18), 0.5)
+    queries = list(benchmark.validation_queries(2))
+    assert queries and all(mask.any() and mask.shape == image.shape[:2] for image, _, mask in queries)

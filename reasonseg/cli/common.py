@@ -19,6 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conv-type", default=None, choices=["llava_v1", "llava_llama_2"])
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--force-seg", action="store_true", help="append [SEG] when the answer has none")
+    parser.add_argument("--mask-regions", default=None, choices=["all", "largest"],
+                        help="keep every region of each mask, or only its largest (default: the checkpoint's choice)")
 
 
 def parse_max_memory(entries: list[str] | None) -> dict | None:
@@ -49,6 +51,7 @@ def load_segmenter(args):
         load_in_4bit=args.load_in_4bit,
         device_map=args.device_map,
         max_memory=parse_max_memory(args.max_memory),
+        mask_regions=args.mask_regions,
     )
     if args.conv_type:
         segmenter.processor.settings.conv_type = args.conv_type

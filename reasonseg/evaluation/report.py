@@ -93,7 +93,8 @@ def summarize(records: list[dict], modes, dataset, settings: dict, world: int = 
         "model": settings["model"],
         "data": settings["data"],
         "modes": list(modes),
-        "settings": {"batch_size": batch_size, "max_new_tokens": settings["max_new_tokens"], "processes": world},
+        "settings": {"batch_size": batch_size, "max_new_tokens": settings["max_new_tokens"], "processes": world,
+                     "mask_regions": settings.get("mask_regions", "all")},
         "results": results,
     }
 

@@ -234,8 +234,8 @@ def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
     outputs = forced_predictions(segmenter.model, processor, images, rows)
     records = []
     for entry, output in zip(batch, outputs):
-        prediction = (output.mask_logits > 0).any(axis=0) if len(output.mask_logits) else \
-            np.zeros(entry.target.shape, dtype=bool)
+        masks = [processor.post_process_mask(logits > 0) for logits in output.mask_logits]
+        prediction = np.logical_or.reduce(masks) if masks else np.zeros(entry.target.shape, dtype=bool)
         records.append(_record(entry, "lisa", prediction, answer, len(output.mask_logits), forced=True))
     return records
 
@@ -265,7 +265,7 @@ def _run_settings(segmenter, dataset: EvalDataset, max_new_tokens: int, model_na
                   lisa_answer: str) -> dict:
     name = model_name or getattr(segmenter.model.config, "_name_or_path", "") or "unnamed model"
     return {"model": str(name), "data": dataset.describe(), "max_new_tokens": max_new_tokens,
-            "lisa_answer": lisa_answer}
+            "lisa_answer": lisa_answer, "mask_regions": getattr(segmenter.processor.settings, "mask_regions", "all")}
 
 
 def _check_resume(out_dir: Path, settings: dict, modes: tuple[str, ...]) -> bool:
@@ -278,8 +278,9 @@ def _check_resume(out_dir: Path, settings: dict, modes: tuple[str, ...]) -> bool
         previous = json.loads(path.read_text())
     except (OSError, ValueError):
         raise InputError(f"{path} is unreadable; delete it (or use another --out) to start afresh") from None
-    for key in ("model", "data", "lisa_answer"):
-        if previous.get(key, LISA_ANSWER if key == "lisa_answer" else None) != settings[key]:
+    defaults = {"lisa_answer": LISA_ANSWER, "mask_regions": "all"}  # run.json written before these were recorded
+    for key in ("model", "data", "lisa_answer", "mask_regions"):
+        if previous.get(key, defaults.get(key)) != settings[key]:
             raise InputError(f"{out_dir} holds results of another run ({key}: {previous.get(key)!r}, now "
                              f"{settings[key]!r}); use another --out or delete that folder")
     if "generate" not in modes or previous.get("max_new_tokens") == settings["max_new_tokens"]:

@@ -16,6 +16,7 @@ from ..checkpoints.loading import load_model_and_processor
 from ..errors import InputError
 from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from ..processing.image_io import load_image
+from ..processing.mask_regions import check_mask_regions
 from ..processing.processing_reasonseg import ReasonSegProcessor
 from .generation import first_row_position, greedy_decode
 
@@ -25,7 +26,8 @@ FORCED_NOTE = "(no [SEG] in the answer; mask forced)"
 @dataclass
 class Prediction:
     """text: the answer (no image placeholder, no special tokens); masks: one ``HxW`` bool array per [SEG] at the
-    input image's size; mask_logits: the float32 logits before thresholding at 0; scores: SAM's predicted IoU per
+    input image's size (the logits above 0, after the processor's ``mask_regions`` rule); mask_logits: the float32
+    logits before thresholding at 0; scores: SAM's predicted IoU per
     mask; token_ids: the generated ids; seg_forced: whether ``force_seg`` had to append the [SEG]."""
 
     text: str
@@ -40,13 +42,14 @@ class Prediction:
         return len(self.masks)
 
 
-def _prediction(text: str, masks: torch.Tensor, scores: torch.Tensor, token_ids: list[int], forced: bool) -> Prediction:
+def _prediction(processor, text: str, masks: torch.Tensor, scores: torch.Tensor, token_ids: list[int],
+                forced: bool) -> Prediction:
     logits = [m.float().cpu().numpy() for m in masks]
     if forced:
         text = f"{text} {FORCED_NOTE}".strip()
     return Prediction(
         text=text,
-        masks=[m > 0 for m in logits],
+        masks=[processor.post_process_mask(m > 0) for m in logits],
         mask_logits=logits,
         scores=[float(s) for s in scores],
         token_ids=token_ids,
@@ -74,8 +77,12 @@ class Segmenter:
         load_in_4bit: bool = False,
         device_map: str | dict | None = None,
         max_memory: dict | None = None,
+        mask_regions: str | None = None,
     ) -> "Segmenter":
-        """Load a reasonseg or original LISA checkpoint (local directory or hub id); None = the bundled demo."""
+        """Load a reasonseg or original LISA checkpoint (local directory or hub id); None = the bundled demo.
+
+        ``mask_regions`` overrides the checkpoint's own rule for what is kept of each mask: ``"all"`` its regions,
+        or the ``"largest"`` (see :mod:`reasonseg.processing.mask_regions`)."""
         if name_or_path is None:
             from ..assets import default_model_path
 
@@ -90,6 +97,8 @@ class Segmenter:
             device_map=device_map,
             max_memory=max_memory,
         )
+        if mask_regions is not None:
+            processor.settings.mask_regions = check_mask_regions(mask_regions)
         return cls(model, processor)
 
     def chat(self, image) -> "ChatSession":
@@ -191,7 +200,7 @@ class Segmenter:
             masks, _, scores, _ = model.masks_from_seg_hidden(
                 seg_states, sam_embeddings[image : image + 1], inputs[image].resized_size, inputs[image].original_size
             )
-            predictions.append(_prediction(processor.decode(plan.ids), masks, scores, plan.ids, plan.forced))
+            predictions.append(_prediction(processor, processor.decode(plan.ids), masks, scores, plan.ids, plan.forced))
         return predictions
 
     def _seg_plan(self, new_ids: list[int], force: bool) -> "_SegPlan":
@@ -391,7 +400,7 @@ class ChatSession:
         masks, _, scores, _ = model.masks_from_seg_hidden(
             seg_states, self.sam_embedding, self.inputs.resized_size, self.inputs.original_size
         )
-        prediction = _prediction(processor.decode(new_ids), masks, scores, new_ids, forced)
+        prediction = _prediction(processor, processor.decode(new_ids), masks, scores, new_ids, forced)
         self.turns.append((prompt, prediction))
         return prediction
 

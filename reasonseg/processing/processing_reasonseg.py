@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, PreTrainedTokenizerBase
 
 from .conversation import DEFAULT_IMAGE_TOKEN, check_image_placement, get_template, with_image_placeholder
+from .mask_regions import apply_mask_regions, check_mask_regions
 from .sam_transform import SamTransform
 from .tokenization import decode_answer, encode_with_image_placeholder, load_tokenizer, token_id
 
@@ -34,6 +35,8 @@ class ProcessorSettings:
     seg_token: str = SEG_TOKEN
     add_bos: bool = True
     model_max_length: int = 512
+    # what is kept of each thresholded mask: "all" its regions (LISA), or the "largest" (processing/mask_regions.py)
+    mask_regions: str = "all"
 
 
 @dataclass
@@ -65,6 +68,7 @@ class ReasonSegProcessor:
         self.settings = settings or ProcessorSettings()
         self.template = get_template(self.settings.conv_type)
         check_image_placement(self.settings.image_placement)
+        check_mask_regions(self.settings.mask_regions)
         self.sam_transform = SamTransform(self.settings.sam_image_size)
 
     # ---- ids ----
@@ -92,6 +96,10 @@ class ReasonSegProcessor:
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
         sam_pixels, resized = self.sam_transform(image)
         return ImageInputs(pixel_values, sam_pixels.unsqueeze(0), resized, (image.height, image.width))
+
+    def post_process_mask(self, mask):
+        """One thresholded ``HxW`` mask after this processor's ``mask_regions`` rule."""
+        return apply_mask_regions(mask, self.settings.mask_regions)
 
     # ---- text ----
     def user_message(self, text: str, first_turn: bool) -> str:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import CheckpointError, InputError
+from .mask_regions import apply_mask_regions, check_mask_regions
 from .processing_reasonseg import ImageInputs
 
 PROCESSOR_CONFIG_NAME = "sa2va_processor.json"
@@ -166,6 +167,7 @@ class Sa2VAProcessorSettings:
     image_context_token: str = "<IMG_CONTEXT>"
     seg_token: str = "[SEG]"
     add_bos: bool = False
+    mask_regions: str = "all"  # see processing/mask_regions.py
 
 
 def load_sa2va_tokenizer(directory: str | Path):
@@ -196,6 +198,7 @@ class Sa2VAProcessor:
         self.tokenizer = tokenizer
         self.settings = settings or self.settings_class()
         self.template = get_sa2va_template(self.settings.template)
+        check_mask_regions(self.settings.mask_regions)
         missing = [
             t
             for t in (self.settings.image_start_token, self.settings.image_end_token, self.settings.seg_token)
@@ -205,6 +208,10 @@ class Sa2VAProcessor:
             raise CheckpointError(
                 f"the tokenizer lacks Sa2VA's tokens {', '.join(missing)}; is this the Sa2VA checkpoint's tokenizer?"
             )
+
+    def post_process_mask(self, mask):
+        """One thresholded ``HxW`` mask after this processor's ``mask_regions`` rule."""
+        return apply_mask_regions(mask, self.settings.mask_regions)
 
     # ---- ids ----
     def _vocab_id(self, token: str) -> int | None:

@@ -57,6 +57,7 @@ class Sa2VAQwenProcessorSettings:
     image_context_token: str = "<|image_pad|>"
     seg_token: str = "[SEG]"
     add_bos: bool = False
+    mask_regions: str = "all"  # see processing/mask_regions.py
 
 
 class Sa2VAQwenProcessor(Sa2VAProcessor):
