@@ -54,7 +54,8 @@ def test_rule_is_saved_with_the_processor_and_checked_on_load(tiny, tmp_path):
     saved = json.loads((tmp_path / "reasonseg_processor.json").read_text())
     saved["mask_regions"] = "biggest"
     (tmp_path / "reasonseg_processor.json").write_text(json.dumps(saved))
-    with pytest.raises(InputError, match="not 'biggest'"):
+    expected = r"reasonseg_processor.json: mask_regions must be one of all, largest, not 'biggest'"
+    with pytest.raises(InputError, match=expected):
         ReasonSegProcessor.from_pretrained(tmp_path)
 
 

@@ -16,9 +16,11 @@ from ..errors import InputError
 MASK_REGION_RULES = ("all", "largest")
 
 
-def check_mask_regions(rule: str) -> str:
+def check_mask_regions(rule: str, source: str | None = None) -> str:
+    """``rule`` if it is one of :data:`MASK_REGION_RULES`; ``source`` (a settings file) prefixes the error."""
     if rule not in MASK_REGION_RULES:
-        raise InputError(f"mask_regions must be one of {', '.join(MASK_REGION_RULES)}, not {rule!r}")
+        where = f"{source}: " if source else ""
+        raise InputError(f"{where}mask_regions must be one of {', '.join(MASK_REGION_RULES)}, not {rule!r}")
     return rule
 
 

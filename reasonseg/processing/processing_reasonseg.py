@@ -150,6 +150,7 @@ class ReasonSegProcessor:
         settings = ProcessorSettings(**json.loads((directory / PROCESSOR_CONFIG_NAME).read_text()))
         for key, value in overrides.items():
             setattr(settings, key, value)
+        check_mask_regions(settings.mask_regions, source=str(directory / PROCESSOR_CONFIG_NAME))
         tokenizer = load_tokenizer(directory, settings.tokenizer_style)
         image_processor = AutoImageProcessor.from_pretrained(str(directory))
         return cls(tokenizer, image_processor, settings)

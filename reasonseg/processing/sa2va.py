@@ -358,4 +358,5 @@ class Sa2VAProcessor:
             if not hasattr(settings, key):
                 raise InputError(f"unknown Sa2VA processor setting {key!r}")
             setattr(settings, key, value)
+        check_mask_regions(settings.mask_regions, source=str(path))
         return cls(load_sa2va_tokenizer(directory), settings)
