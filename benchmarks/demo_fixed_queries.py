@@ -20,7 +20,7 @@ from PIL import Image
 
 from reasonseg.data.toy_world import generate_sample, split_seed
 from reasonseg.errors import ReasonSegError
-from reasonseg.evaluation.metrics import iou_from, mask_intersection_union
+from reasonseg.evaluation.metrics import first_mask_iou
 
 FAMILIES_IN_TURN = ("attribute", "spatial", "superlative", "reasoning")
 MIN_IOU = 0.7
@@ -47,11 +47,6 @@ def fixed_queries(count: int) -> list[FixedQuery]:
     return queries
 
 
-def first_mask_iou(prediction, truth: np.ndarray) -> float:
-    predicted = prediction.masks[0] if prediction.masks else np.zeros_like(truth, dtype=bool)
-    return iou_from(*mask_intersection_union(predicted, truth))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a demo-world model directory")
@@ -69,7 +64,7 @@ def main() -> None:
                                           max_new_tokens=48)
     passed = 0
     for query, prediction in zip(queries, predictions):
-        iou = first_mask_iou(prediction, query.truth)
+        iou = first_mask_iou(prediction.masks, query.truth)
         passed += iou >= MIN_IOU
         print(f"scene {query.index:3d} {query.family:12s} IoU {iou:.3f}  {query.text!r} -> {prediction.text!r}")
     print(f"IoU >= {MIN_IOU}: {passed} of {len(queries)}")

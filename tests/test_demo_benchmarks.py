@@ -305,8 +305,8 @@ def test_fixed_query_rule_starts_with_the_acceptance_tests_queries_and_skips_sce
     assert all(q.family == fixed.FAMILIES_IN_TURN[q.index % 4] and q.truth.any() for q in queries)
     truth = queries[0].truth
     answered = Prediction(text="x [SEG]", masks=[truth.copy()])
-    assert fixed.first_mask_iou(answered, truth) == pytest.approx(1.0, abs=1e-6)  # LISA's epsilon in the union
-    assert fixed.first_mask_iou(Prediction(text="It is not there.", masks=[]), truth) == 0.0
+    assert fixed.first_mask_iou(answered.masks, truth) == pytest.approx(1.0, abs=1e-6)  # LISA's epsilon in the union
+    assert fixed.first_mask_iou([], truth) == 0.0
 
 
 def test_mask_region_benchmark_scores_each_rule_from_the_same_logits():

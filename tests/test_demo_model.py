@@ -19,7 +19,7 @@ from PIL import Image
 
 from reasonseg.assets import BUNDLED_DEMO, default_model_path
 from reasonseg.data.toy_world import generate_sample, split_seed
-from reasonseg.evaluation.metrics import iou_from, mask_intersection_union
+from reasonseg.evaluation.metrics import first_mask_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -44,12 +44,6 @@ def _recorded_scores() -> dict:
 MEETS_TARGETS = min(_recorded_scores()[k] for k in ("giou", "ciou")) >= TARGET
 # set to True by the session whose bundled model passes every fixed query (then the test is strict)
 FIXED_QUERIES_MET = False
-
-
-def _iou(result, truth: np.ndarray) -> float:
-    """The first mask's IoU (the evaluator's own), 0 when the answer has no mask."""
-    predicted = result.masks[0] if result.masks else np.zeros_like(truth, dtype=bool)
-    return iou_from(*mask_intersection_union(predicted, truth))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +72,7 @@ def test_single_targets_are_segmented_from_the_models_own_seg(demo_segmenter):
             prompts.append(query.text)
             truths.append(sample.objects[query.targets[0]].mask)
     results = demo_segmenter.predict_batch(images, prompts, max_new_tokens=48)
-    ious = [_iou(result, truth) for result, truth in zip(results, truths)]
+    ious = [first_mask_iou(result.masks, truth) for result, truth in zip(results, truths)]
     assert len(ious) == 27
     assert np.mean(ious) >= 0.45, np.round(ious, 2)  # measured 0.828 (session 30's model; session 29's: 0.838; 27 queries, so noisy)
 
@@ -101,7 +95,7 @@ def test_make_demo_query_segments_the_circle(demo_segmenter):
     result = demo_segmenter.predict(image, "Which shape has no corners? Please output segmentation mask.")
     assert len(result.masks) == 1 and "circle" in result.text, result.text
     red = (image[..., 0] > 180) & (image[..., 1] < 80) & (image[..., 2] < 80)
-    assert _iou(result, red) >= 0.85  # measured 0.987 (session 30's model; session 29's: 0.987)
+    assert first_mask_iou(result.masks, red) >= 0.85  # measured 0.987 (session 30's model; session 29's: 0.987)
 
 
 @pytest.mark.xfail(not (MEETS_TARGETS and FIXED_QUERIES_MET), strict=False,
@@ -113,5 +107,5 @@ def test_fixed_held_out_query_gives_its_target(demo_segmenter, index, family):
     query = next(q for q in sample.queries if len(q.targets) == 1)
     result = demo_segmenter.predict(Image.fromarray(sample.image), query.text)
     assert len(result.masks) == 1, result.text
-    iou = _iou(result, sample.objects[query.targets[0]].mask)
+    iou = first_mask_iou(result.masks, sample.objects[query.targets[0]].mask)
     assert iou >= MIN_IOU, f"{query.text!r}: IoU {iou:.3f}"

@@ -90,6 +90,13 @@ def iou_from(intersection: int, union: int) -> float:
     return intersection / (union + PER_MASK_EPS)
 
 
+def first_mask_iou(masks, truth) -> float:
+    """The IoU of an answer's first mask against ``truth`` (0 when the answer has no mask): how a one-target query
+    answered with one or more ``[SEG]`` is scored by the demo model's fixed-query test and benchmarks."""
+    predicted = masks[0] if len(masks) else np.zeros_like(np.asarray(truth), dtype=bool)
+    return iou_from(*mask_intersection_union(predicted, truth))
+
+
 @dataclass
 class SegmentationMeter:
     """Streaming gIoU / cIoU over any number of masks; shards combine with :meth:`merge`.
