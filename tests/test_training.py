@@ -206,6 +206,12 @@ def test_validation_equals_reasonseg_eval_in_lisa_mode(workspace):
         assert summary["ciou"] == pytest.approx(overall["ciou"], abs=1e-12)
         assert (summary["intersection"], summary["union"]) == (overall["intersection"], overall["union"])
         assert model.training
+    # with the processor keeping each mask's largest region, both keep it
+    processor.settings.mask_regions = "largest"
+    largest = evaluate(Segmenter(model, processor), f"reasonseg:{workspace / 'val'}", mode="lisa")
+    overall = largest.metrics["results"]["lisa"]["protocol"]["overall"]
+    summary = validate(model, processor, val_set, batch_size=2)
+    assert (summary["intersection"], summary["union"]) == (overall["intersection"], overall["union"])
 
 
 @pytest.mark.slow

@@ -141,6 +141,13 @@ def forced_predictions(model, processor, images: list, rows: list[tuple[int, str
     return results
 
 
+def forced_mask(processor, output: ForcedOutput, shape: tuple[int, int]) -> np.ndarray:
+    """What LISA's protocol scores for one forced conversation: the union of its masks (logits > 0, then the
+    processor's ``mask_regions`` rule), or an empty ``shape`` mask when its answer held no [SEG]."""
+    masks = [processor.post_process_mask(logits > 0) for logits in output.mask_logits]
+    return np.logical_or.reduce(masks) if masks else np.zeros(shape, dtype=bool)
+
+
 # ---------------------------------------------------------------------------------------------------- processes
 
 
@@ -234,8 +241,7 @@ def _lisa_records(segmenter, batch: list[_Loaded], answer: str) -> list[dict]:
     outputs = forced_predictions(segmenter.model, processor, images, rows)
     records = []
     for entry, output in zip(batch, outputs):
-        masks = [processor.post_process_mask(logits > 0) for logits in output.mask_logits]
-        prediction = np.logical_or.reduce(masks) if masks else np.zeros(entry.target.shape, dtype=bool)
+        prediction = forced_mask(processor, output, entry.target.shape)
         records.append(_record(entry, "lisa", prediction, answer, len(output.mask_logits), forced=True))
     return records
 

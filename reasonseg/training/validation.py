@@ -3,7 +3,8 @@
 The protocol is the evaluation runner's own (:func:`reasonseg.evaluation.runner.forced_predictions` and
 :func:`~reasonseg.evaluation.runner.lisa_question`): LISA's fixed question (short queries: ``What is {query} in this
 image? Please output segmentation mask.``; sentences: ``{query} Please output segmentation mask.``), the answer
-``[SEG].`` written in, and one forward pass whose [SEG] state gives the mask (logits > 0). Only the first query of
+``[SEG].`` written in, and one forward pass whose [SEG] state gives the mask (logits > 0, then the processor's
+``mask_regions`` rule). Only the first query of
 each image is scored (LISA's ``ValDataset``). Scores are :mod:`reasonseg.evaluation.metrics` (gIoU = mean per-mask
 IoU, cIoU = total intersection / total union, ignore pixels left out), so a validation at step k equals
 ``reasonseg eval --mode lisa`` on the checkpoint of step k.
@@ -17,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import InputError
 from ..evaluation.datasets import EvalItem, load_dataset, parse_data_spec
 from ..evaluation.metrics import SegmentationMeter, mask_intersection_union
-from ..evaluation.runner import LISA_ANSWER, forced_predictions, lisa_question
+from ..evaluation.runner import LISA_ANSWER, forced_mask, forced_predictions, lisa_question
 from ..processing.image_io import load_image
 
 
@@ -96,8 +96,7 @@ def validate(model, processor, val_set: ValidationSet, accelerator=None, batch_s
                 if not real:
                     continue
                 label_map = item.load_target(image.height, image.width)
-                prediction = (output.mask_logits > 0).any(axis=0) if len(output.mask_logits) else \
-                    np.zeros(label_map.shape, dtype=bool)
+                prediction = forced_mask(processor, output, label_map.shape)
                 intersection, union = mask_intersection_union(prediction, label_map)
                 counts.append((index, intersection, union))
     finally:
