@@ -16,6 +16,9 @@ from reasonseg.cli.main import main
 from reasonseg.modeling.sam import image_wide_positional_embeddings
 from reasonseg.training.trainer import STATE_FILE
 from reasonseg.training.sam_pretrain import (
+    LOOKALIKE_IMAGES,
+    LOOKALIKE_SCAN,
+    LOOKALIKE_START,
     build_sam,
     draw_prompt_batch,
     load_sam_pretrain_config,
@@ -25,6 +28,7 @@ from reasonseg.training.sam_pretrain import (
 from reasonseg.processing.sam_transform import SamTransform
 from reasonseg.processing.processing_reasonseg import ReasonSegProcessor
 from reasonseg.data.toy_world import generate_sample, generate_scene, phase_train_index, split_seed
+from reasonseg.data.toy_world.sample import PHASE_SCENE_STRIDE
 from reasonseg.data.toy_world.scene import same_colour_neighbours
 from reasonseg.data.toy_world.queries import grid_cell
 from reasonseg.data.toy_world.turns import referring_question, referring_turn
@@ -269,6 +273,14 @@ def test_sam_lookalike_images_prompt_only_shapes_beside_a_same_coloured_look_ali
                                transform(Image.fromarray(scene.image))[0])
     with pytest.raises(InputError, match="lookalike_rate 1.5 is not a share"):
         load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "lookalike_rate=1.5"])
+    # a phase long enough to read look-alikes from the next seed's scenes is refused; the longest allowed is not
+    longest = LOOKALIKE_IMAGES // 8
+    assert LOOKALIKE_START + longest * 8 * LOOKALIKE_SCAN <= PHASE_SCENE_STRIDE
+    load_sam_pretrain_config("configs/demo/toy_sam.yaml", ["batch_size=8", f"steps={longest}", "lookalike_rate=0.5"])
+    with pytest.raises(InputError, match=f"run at most {longest:,} steps per phase"):
+        load_sam_pretrain_config("configs/demo/toy_sam.yaml", ["batch_size=8", f"steps={longest + 1}",
+                                                                "lookalike_rate=0.5"])
+    load_sam_pretrain_config("configs/demo/toy_sam.yaml", ["batch_size=8", f"steps={longest + 1}"])  # no look-alikes
 
 
 def test_sam_phase_without_prompt_side_training_changes_only_the_image_encoder(tmp_path, capsys):

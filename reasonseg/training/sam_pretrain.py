@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
+from ..data.toy_world.sample import PHASE_SCENE_STRIDE
 from ..data.toy_world.scene import beside_look_alikes
 from ..checkpoints.loading import read_sam_config
 from ..errors import CheckpointError, InputError
@@ -42,6 +43,7 @@ FINAL_MODEL_DIR = "model"
 # look-alike images (lookalike_rate) come from their own stretch of a run's train scenes, LOOKALIKE_SCAN per image
 LOOKALIKE_START = 500_000
 LOOKALIKE_SCAN = 16
+LOOKALIKE_IMAGES = (PHASE_SCENE_STRIDE - LOOKALIKE_START) // LOOKALIKE_SCAN  # images a phase may draw with look-alikes
 
 
 @dataclass
@@ -107,6 +109,12 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
     check_precision(config.precision, ("fp32", "bf16"), "toy SAM config")
     if not 0.0 <= config.lookalike_rate <= 1.0:
         raise InputError(f"lookalike_rate {config.lookalike_rate} is not a share; give a number from 0 to 1")
+    images = config.steps * config.batch_size
+    if config.lookalike_rate and images > LOOKALIKE_IMAGES:
+        raise InputError(f"lookalike_rate reads {LOOKALIKE_SCAN} scenes per image from train position "
+                         f"{LOOKALIKE_START:,} of seed {config.seed}'s stretch, which holds {LOOKALIKE_IMAGES:,} images "
+                         f"before seed {config.seed + 1}'s scenes; steps x batch_size is {images:,}: run at most "
+                         f"{LOOKALIKE_IMAGES // config.batch_size:,} steps per phase (the next phase with another seed)")
     if not config.train_prompt_side and not (config.init_from or config.init_decoder_from):
         raise InputError("train_prompt_side=false keeps an untrained prompt encoder and mask decoder; give init_from "
                          "(or init_decoder_from) a trained toy SAM, or leave train_prompt_side on")
