@@ -98,6 +98,19 @@ def test_make_demo_query_segments_the_circle(demo_segmenter):
     assert first_mask_iou(result.masks, red) >= 0.85  # measured 0.987 (session 30's model; session 29's: 0.987)
 
 
+def test_the_fixed_query_rule_beyond_the_five_stays_where_it_was_measured(demo_segmenter):
+    """A regression guard, not the acceptance: the first 40 queries of the acceptance rule
+    (benchmarks/demo_fixed_queries.py), of which the bundled model passes 31 at IoU >= 0.7 (session 32; 27 with every
+    mask region kept, so dropping its mask_regions rule fails here). Two may flip with another platform's numerics."""
+    from .test_demo_benchmarks import _load_benchmark
+
+    queries = _load_benchmark("demo_fixed_queries").fixed_queries(40)
+    results = demo_segmenter.predict_batch([Image.fromarray(q.image) for q in queries], [q.text for q in queries],
+                                           max_new_tokens=48)
+    ious = [first_mask_iou(result.masks, q.truth) for result, q in zip(results, queries)]
+    assert sum(iou >= MIN_IOU for iou in ious) >= 29, np.round(ious, 2)
+
+
 @pytest.mark.xfail(not (MEETS_TARGETS and FIXED_QUERIES_MET), strict=False,
                    reason=f"issue 12 is open: the bundled model does not yet give every fixed held-out query IoU >= "
                           f"{MIN_IOU} (docs/demo_model.md)")
