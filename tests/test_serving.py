@@ -205,7 +205,7 @@ def test_healthz_and_model(client):
     info = client.get("/v1/model").json()
     assert info["name"] == "tiny-test"
     assert info["backbone"] == "llama" and info["dtype"] == "float32" and info["device"] == "cpu"
-    assert info["max_new_tokens"] == TOKENS and info["force_seg"] is False
+    assert info["max_new_tokens"] == TOKENS and info["force_seg"] is False and info["mask_regions"] == "all"
 
 
 # ------------------------------------------------------------------------------------------------------- /v1/segment

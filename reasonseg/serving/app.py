@@ -174,6 +174,7 @@ class ModelInfo(BaseModel):
     quantization: str | None = None
     max_new_tokens: int
     force_seg: bool
+    mask_regions: str = "all"  # what is kept of each mask: every region, or the largest (the processor's setting)
 
 
 class ErrorBody(BaseModel):
@@ -290,6 +291,7 @@ def _model_info(segmenter, settings: ServeSettings) -> dict:
         "quantization": quantization,
         "max_new_tokens": settings.max_new_tokens,
         "force_seg": settings.force_seg,
+        "mask_regions": getattr(segmenter.processor.settings, "mask_regions", "all"),
     }
 
 
@@ -429,7 +431,7 @@ def create_app(segmenter, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/v1/model", response_model=ModelInfo, tags=["server"])
     async def model_info():
-        """The served model: name, language backbone, dtype, device."""
+        """The served model: name, language backbone, dtype, device, and what is kept of each mask."""
         return _model_info(segmenter, settings)
 
     @app.post(
