@@ -80,7 +80,8 @@ def test_chat_loop_answers_reports_errors_and_continues(tmp_path, tiny, rgb_imag
 
     model_dir = _save_tiny(tmp_path, tiny)
     rgb_image.save(tmp_path / "scene.png")
-    lines = ["the circle", str(tmp_path / "missing.png"), "the circle", str(tmp_path / "scene.png"), "exit"]
+    lines = ["the circle", str(tmp_path / "missing.png"), "the circle", str(tmp_path / "scene.png"),
+             "/new", "the circle", str(tmp_path / "scene.png"), "/quit", "never asked"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
     code = main(["chat", "--model", model_dir, "--device", "cpu", "--max-new-tokens", "3", "--force-seg",
                  "--vis-save-path", str(tmp_path / "vis")])
@@ -88,3 +89,8 @@ def test_chat_loop_answers_reports_errors_and_continues(tmp_path, tiny, rgb_imag
     assert code == 0
     assert "error: image" in captured.err and "not found" in captured.err
     assert "text_output:" in captured.out and (tmp_path / "vis" / "scene_mask_0.png").is_file()
+    assert "/new to start a new conversation" in captured.out and "a new conversation:" in captured.out
+    answers = [line for line in captured.out.split("Please input") if "text_output:" in line]
+    assert len(answers) == 2  # "/quit" left before "never asked"
+    first, after_new = (a.split("text_output:")[1].splitlines()[0] for a in answers)
+    assert after_new == first  # the same first question of a new conversation gets the same answer

@@ -9,7 +9,7 @@ import torch
 from reasonseg import Segmenter
 from reasonseg.inference.generation import greedy_decode
 
-from .conftest import counted_two_turn_chat, script_answers, teacher_forced_forward
+from .conftest import counted_image_and_decoder_calls, counted_two_turn_chat, script_answers, teacher_forced_forward
 
 PROMPT = "What is the red circle in this image? Please output segmentation mask."
 
@@ -104,6 +104,24 @@ def test_second_turn_reuses_image_features(tiny, rgb_image):
     first, second, calls, _ = counted_two_turn_chat(model, processor, rgb_image, PROMPT, "and the other one?", 5)
     assert (calls["vision"], calls["sam"]) == (1, 1)
     assert len(first.masks) == 1 and len(second.masks) == 1
+
+
+def test_reset_starts_a_new_conversation_on_the_same_encodings(tiny, rgb_image):
+    """After ``reset`` a question is answered as the first question of a new session, without encoding again."""
+    model, processor = tiny
+    model.language_model.lm_head.weight.data[processor.seg_token_id] += 0.5  # some [SEG]s, so masks are compared too
+    fresh = Segmenter(model, processor).predict(rgb_image, "and the other one?", max_new_tokens=6)
+    with counted_image_and_decoder_calls(model) as calls:
+        session = Segmenter(model, processor).chat(rgb_image)
+        continued = session.ask(PROMPT, max_new_tokens=6)
+        session.reset()
+        again = session.ask("and the other one?", max_new_tokens=6)
+    assert (calls["vision"], calls["sam"]) == (1, 1)
+    assert [turn for turn, _ in session.turns] == ["and the other one?"] and continued.text
+    assert again.token_ids == fresh.token_ids and again.text == fresh.text
+    assert len(again.mask_logits) == len(fresh.mask_logits)
+    for ours, theirs in zip(again.mask_logits, fresh.mask_logits):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
 
 
 def test_second_turn_continues_the_conversation(tiny, rgb_image):

@@ -18,14 +18,24 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+EXIT_WORDS = {"exit", "quit", "/exit", "/quit"}
+NEW_CONVERSATION_WORDS = {"/new", "/reset"}
+
+
 def run(args) -> int:
     segmenter = load_segmenter(args)
+    print("(exit or quit to leave; /new to start a new conversation about the same image)")
     session, session_image = None, None
     while True:
         try:
             prompt = input("Please input your prompt: ").strip()
-            if prompt.lower() in {"exit", "quit"}:
+            if prompt.lower() in EXIT_WORDS:
                 return 0
+            if prompt.lower() in NEW_CONVERSATION_WORDS:
+                if session is not None:
+                    session.reset()
+                print("a new conversation: earlier questions are forgotten")
+                continue
             image_path = args.image or input("Please input the image path: ").strip()
         except EOFError:
             return 0

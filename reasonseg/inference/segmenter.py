@@ -335,6 +335,10 @@ class ChatSession:
         self.inputs = segmenter.processor.preprocess_image(self.image)
         self._image_features = None
         self._sam_embedding = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (its turns and KV cache); the image's two encodings are kept."""
         self._cache = None
         self._cache_mask = None
         self._next_position = 0
