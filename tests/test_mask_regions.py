@@ -96,6 +96,7 @@ def test_eval_applies_the_rule_in_both_modes_and_keeps_runs_apart(saved_tiny, tm
         runs[rule] = evaluate(segmenter, spec, mode="both", max_new_tokens=4, out_dir=tmp_path / rule)
         assert json.loads((tmp_path / rule / "run.json").read_text())["mask_regions"] == rule
         assert runs[rule].metrics["settings"]["mask_regions"] == rule
+        assert ("each mask's largest region only" in runs[rule].table.splitlines()[0]) == (rule == "largest")
     masks = {rule: [rle_to_mask(r["pred_rle"]) for r in runs[rule].records] for rule in runs}
     forced_one_seg = [i for i, r in enumerate(runs["all"].records) if r["mode"] == "lisa"]
     assert forced_one_seg and any(region_count(masks["all"][i]) > 1 for i in forced_one_seg)

@@ -140,7 +140,9 @@ def format_table(metrics: dict) -> str:
     """The summary printed by ``reasonseg eval``: one column per mode, the two side by side."""
     data = metrics["data"]
     split = f" split {data['split']}" if data.get("split") else ""
-    lines = [f"{data['kind']}:{data['path']}{split} -- model {metrics['model']}"]
+    regions = metrics.get("settings", {}).get("mask_regions", "all")
+    rule = "" if regions == "all" else f" (each mask's {regions} region only)"
+    lines = [f"{data['kind']}:{data['path']}{split} -- model {metrics['model']}{rule}"]
     width = 30
     lines.append(" " * width + "".join(f"{MODE_TITLES.get(m, m):>26}" for m in metrics["modes"]))
     for label, cells in table_rows(metrics):
