@@ -122,3 +122,15 @@ def test_fixed_held_out_query_gives_its_target(demo_segmenter, index, family):
     assert len(result.masks) == 1, result.text
     iou = first_mask_iou(result.masks, sample.objects[query.targets[0]].mask)
     assert iou >= MIN_IOU, f"{query.text!r}: IoU {iou:.3f}"
+
+
+def test_eval_without_a_model_says_how_to_judge_the_demo_model(tmp_path, capsys):
+    from reasonseg.cli.main import main
+
+    from .test_eval_runner import write_reasonseg
+
+    folder = write_reasonseg(tmp_path / "rs", count=1, queries=1)
+    for mode, noted in (("both", True), ("generate", False)):
+        assert main(["eval", "--data", f"reasonseg:{folder}", "--mode", mode, "--no-progress",
+                     "--max-new-tokens", "8", "--out", str(tmp_path / mode)]) == 0
+        assert ("judge it with --mode generate" in capsys.readouterr().err) == noted

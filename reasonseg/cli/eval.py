@@ -69,6 +69,10 @@ def run(args) -> int:
     for problem in dataset.problems:
         print(problem, file=sys.stderr)
     print(result.table)
+    if args.model is None and "lisa" in parse_modes(args.mode):
+        print("note: the bundled demo model names what it segments before its [SEG] (\"It is the small red star at "
+              "(3, 6) [SEG].\"); LISA's forced answer \"[SEG].\" skips that, so its lisa column means little: judge "
+              "it with --mode generate", file=sys.stderr)
     for path in result.files:
         print(f"wrote {path}")
     return 1 if result.metrics.get("not_scored") else 0
