@@ -326,3 +326,20 @@ def test_mask_region_benchmark_scores_each_rule_from_the_same_logits():
     assert (giou, ciou, passed) == (pytest.approx(0.5, abs=1e-5), pytest.approx(9 / 18), 0.5)
     queries = list(benchmark.validation_queries(2))
     assert queries and all(mask.any() and mask.shape == image.shape[:2] for image, _, mask in queries)
+
+
+def test_boundary_probe_sorts_cells_and_scores_a_linear_read_out():
+    probe = _load_benchmark("toy_sam_boundary_probe")
+    labels = np.full((16, 24), -1)
+    labels[:, :12] = 0  # a red shape ...
+    labels[:, 12:20] = 1  # ... touching a red one (cells of 8: the boundary runs through the second column of cells)
+    labels[8:, 12:20] = 2  # ... and, below, a blue one
+    kinds = probe.cell_kinds(labels, ["red", "red", "blue"], cell=8)
+    assert kinds == [(0, 0, probe.INSIDE), (0, 1, probe.SAME_COLOUR), (1, 0, probe.INSIDE),
+                     (1, 1, probe.OTHER_COLOUR)]  # column 2 holds background: left out
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    separable = x[:, 0] > 0.5  # unbalanced, as boundary cells are
+    assert probe.balanced_probe(x[:300], separable[:300], x[300:], separable[300:]) > 0.95
+    noise = rng.random(400) < 0.2
+    assert abs(probe.balanced_probe(x[:300], noise[:300], x[300:], noise[300:]) - 0.5) < 0.15
