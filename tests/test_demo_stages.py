@@ -273,6 +273,15 @@ def test_sam_lookalike_images_prompt_only_shapes_beside_a_same_coloured_look_ali
                                transform(Image.fromarray(scene.image))[0])
     with pytest.raises(InputError, match="lookalike_rate 1.5 is not a share"):
         load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "lookalike_rate=1.5"])
+    # lookalike_reach 0: the prompted shapes touch a shape of their colour
+    touching = load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "batch_size=4", "lookalike_rate=1",
+                                                                      "lookalike_reach=0"])
+    found = [f for f in (lookalike_scene(touching, row) for row in range(6)) if f is not None]  # ~6 % of scenes
+    assert found and all(same_colour_neighbours(scene, index, 0.0) for scene, beside in found for index in beside)
+    assert any(not same_colour_neighbours(scene, index, 0.0)
+               for scene, beside in (lookalike_scene(config, row) for row in range(6)) for index in beside)
+    with pytest.raises(InputError, match="lookalike_reach -0.1 should be a fraction"):
+        load_sam_pretrain_config("configs/demo/toy_sam.yaml", [*TINY_SAM, "lookalike_reach=-0.1"])
     # a phase long enough to read look-alikes from the next seed's scenes is refused; the longest allowed is not
     longest = LOOKALIKE_IMAGES // 8
     assert LOOKALIKE_START + longest * 8 * LOOKALIKE_SCAN <= PHASE_SCENE_STRIDE

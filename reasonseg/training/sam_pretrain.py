@@ -22,7 +22,7 @@ from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEnc
 
 from ..data.toy_world import generate_scene, phase_train_index, split_seed
 from ..data.toy_world.sample import PHASE_SCENE_STRIDE
-from ..data.toy_world.scene import beside_look_alikes
+from ..data.toy_world.scene import NEIGHBOUR_REACH, beside_look_alikes
 from ..checkpoints.loading import read_sam_config
 from ..errors import CheckpointError, InputError
 from ..modeling.losses import mask_bce, mask_dice
@@ -79,6 +79,8 @@ class SamPretrainConfig:
     # share of a batch's images that are scenes holding shapes beside a same-coloured look-alike
     # (toy_world.scene.beside_look_alikes); their prompts ask for those shapes only
     lookalike_rate: float = 0.0
+    # how near the look-alike must be, as a fraction of the image's shorter side (0: touching, i.e. within a pixel)
+    lookalike_reach: float = NEIGHBOUR_REACH
     # False: the prompt encoder and mask decoder stay as loaded and only the image encoder learns, e.g. for the SAM
     # inside a stage-3 model, whose [SEG] prompts were trained against that decoder
     train_prompt_side: bool = True
@@ -109,6 +111,9 @@ def load_sam_pretrain_config(path, overrides: list[str] = ()) -> SamPretrainConf
     check_precision(config.precision, ("fp32", "bf16"), "toy SAM config")
     if not 0.0 <= config.lookalike_rate <= 1.0:
         raise InputError(f"lookalike_rate {config.lookalike_rate} is not a share; give a number from 0 to 1")
+    if not 0.0 <= config.lookalike_reach <= 0.5:
+        raise InputError(f"lookalike_reach {config.lookalike_reach} should be a fraction of the shorter image side "
+                         "from 0 (touching) to 0.5")
     images = config.steps * config.batch_size
     if config.lookalike_rate and images > LOOKALIKE_IMAGES:
         raise InputError(f"lookalike_rate reads {LOOKALIKE_SCAN} scenes per image from train position "
@@ -221,7 +226,7 @@ def lookalike_scene(config: SamPretrainConfig, index: int):
     for offset in range(LOOKALIKE_SCAN):
         position = LOOKALIKE_START + index * LOOKALIKE_SCAN + offset
         scene = generate_scene(split_seed("train", phase_train_index(config.seed, position)))
-        beside = beside_look_alikes(scene)
+        beside = beside_look_alikes(scene, reach=config.lookalike_reach)
         if beside:
             return scene, beside
     return None

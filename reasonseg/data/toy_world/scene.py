@@ -185,10 +185,11 @@ def same_colour_neighbours(scene: Scene, index: int, reach: float = NEIGHBOUR_RE
             if near >= 0 and near != index and scene.objects[near].colour == colour]
 
 
-def beside_look_alikes(scene: Scene, indices=None) -> list[int]:
-    """Those of ``indices`` (default: every object) that have a same-coloured neighbour (``same_colour_neighbours``)."""
+def beside_look_alikes(scene: Scene, indices=None, reach: float = NEIGHBOUR_REACH) -> list[int]:
+    """Those of ``indices`` (default: every object) that have a same-coloured neighbour within ``reach``
+    (``same_colour_neighbours``; a reach of 0 asks for shapes that touch one)."""
     candidates = range(len(scene.objects)) if indices is None else indices
-    return [index for index in candidates if same_colour_neighbours(scene, index)]
+    return [index for index in candidates if same_colour_neighbours(scene, index, reach)]
 
 
 # --------------------------------------------------------------------------------------------------------- drawing
