@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..processing.mask_regions import MASK_REGION_RULES
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the bundled demo)")
@@ -19,7 +21,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conv-type", default=None, choices=["llava_v1", "llava_llama_2"])
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--force-seg", action="store_true", help="append [SEG] when the answer has none")
-    parser.add_argument("--mask-regions", default=None, choices=["all", "largest"],
+    parser.add_argument("--mask-regions", default=None, choices=MASK_REGION_RULES,
                         help="keep every region of each mask, or only its largest (default: the checkpoint's choice)")
 
 

@@ -271,7 +271,7 @@ def _run_settings(segmenter, dataset: EvalDataset, max_new_tokens: int, model_na
                   lisa_answer: str) -> dict:
     name = model_name or getattr(segmenter.model.config, "_name_or_path", "") or "unnamed model"
     return {"model": str(name), "data": dataset.describe(), "max_new_tokens": max_new_tokens,
-            "lisa_answer": lisa_answer, "mask_regions": getattr(segmenter.processor.settings, "mask_regions", "all")}
+            "lisa_answer": lisa_answer, "mask_regions": segmenter.processor.settings.mask_regions}
 
 
 def _check_resume(out_dir: Path, settings: dict, modes: tuple[str, ...]) -> bool:

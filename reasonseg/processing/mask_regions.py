@@ -8,7 +8,6 @@ answers "all the cars" with one mask (LISA's checkpoints) must keep every region
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from ..errors import InputError
@@ -26,6 +25,8 @@ def check_mask_regions(rule: str, source: str | None = None) -> str:
 
 def largest_region(mask: np.ndarray) -> np.ndarray:
     """The mask's largest 8-connected region (the first in scan order among equals); an empty mask stays empty."""
+    import cv2  # here, not at import: the CLI's flags read MASK_REGION_RULES and should not pay for OpenCV
+
     mask = np.asarray(mask, dtype=bool)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 2:  # background plus at most one region

@@ -291,7 +291,7 @@ def _model_info(segmenter, settings: ServeSettings) -> dict:
         "quantization": quantization,
         "max_new_tokens": settings.max_new_tokens,
         "force_seg": settings.force_seg,
-        "mask_regions": getattr(segmenter.processor.settings, "mask_regions", "all"),
+        "mask_regions": segmenter.processor.settings.mask_regions,
     }
 
 
