@@ -294,8 +294,9 @@ def decode_comparison(model, prompt_tokens: int, new_tokens: int, rounds: int = 
     transformers' ``LlamaForCausalLM`` forward (the same module, the same weights) on a prompt of the same length.
     The two alternate, ``rounds`` times, and each keeps its best round, so a busy machine skews both alike."""
     import numpy as np
+    from transformers import DynamicCache
 
-    from reasonseg.inference.generation import greedy_decode
+    from reasonseg.inference.generation import greedy_decode, kv_cache_kwargs
 
     language_model = model.language_model
     dtype = model.get_input_embeddings().weight.dtype
@@ -312,13 +313,14 @@ def decode_comparison(model, prompt_tokens: int, new_tokens: int, rounds: int = 
             ours_prefill.append(timer.ends[0] - timer.starts[0])
             ours.append(float(np.median(np.diff(timer.starts[1:]))))
             started = time.perf_counter()
-            out = language_model(inputs_embeds=embeds, use_cache=True)
+            cache = DynamicCache()
+            out = language_model(inputs_embeds=embeds, **kv_cache_kwargs(language_model, cache), use_cache=True)
             bare_prefill.append(time.perf_counter() - started)
-            cache, token, steps = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True), []
+            token, steps = out.logits[:, -1].argmax(-1, keepdim=True), []
             for _ in range(new_tokens):
                 started = time.perf_counter()
-                out = language_model(input_ids=token, past_key_values=cache, use_cache=True)
-                cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                out = language_model(input_ids=token, **kv_cache_kwargs(language_model, cache), use_cache=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
                 steps.append(time.perf_counter() - started)
             bare.append(float(np.median(steps)))
     return {

@@ -99,7 +99,7 @@ def measure(directory: Path, tokens: int) -> dict:
     from PIL import Image
 
     from reasonseg import Segmenter
-    from reasonseg.inference.generation import greedy_decode
+    from reasonseg.inference.generation import greedy_decode, kv_cache_kwargs
 
     weight_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
     start = time.perf_counter()
@@ -136,12 +136,12 @@ def measure(directory: Path, tokens: int) -> dict:
     lm = model.language_model
     with torch.no_grad():
         cache = DynamicCache()
-        lm(inputs_embeds=spliced.inputs_embeds, past_key_values=cache, use_cache=True)
+        lm(inputs_embeds=spliced.inputs_embeds, **kv_cache_kwargs(lm, cache), use_cache=True)
         token = torch.tensor([[result.new_ids[0][0]]])
         length = spliced.inputs_embeds.shape[1]
         start = time.perf_counter()
         for step in range(tokens):
-            out = lm(input_ids=token, past_key_values=cache, use_cache=True,
+            out = lm(input_ids=token, **kv_cache_kwargs(lm, cache), use_cache=True,
                      position_ids=torch.tensor([[length + step]]))
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         bare_per_token = (time.perf_counter() - start) / tokens

@@ -85,6 +85,36 @@ def test_kv_cache_matches_full_recomputation(tiny, rgb_image):
     torch.testing.assert_close(cached.step_states[0], full.step_states[0], atol=1e-5, rtol=0)
 
 
+def test_the_kv_cache_goes_by_the_name_the_installed_transformers_takes(tiny, rgb_image):
+    """transformers 5.25 renamed the decoders' ``past_key_values`` to ``cache`` (the old name warns on every step and
+    goes in 5.40); a decoder of an older release still takes ``past_key_values``."""
+    import inspect
+    import warnings
+
+    from reasonseg.inference.generation import kv_cache_kwargs
+
+    model, processor = tiny
+    expected = "cache" if "cache" in inspect.signature(type(model.decoder).forward).parameters else "past_key_values"
+    assert list(kv_cache_kwargs(model.decoder, "c")) == [expected]
+
+    class OlderDecoder(torch.nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None):
+            return past_key_values
+
+    assert kv_cache_kwargs(OlderDecoder(), "c") == {"past_key_values": "c"}
+    segmenter = Segmenter(model, processor)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        script_answers(model, processor, [5, 6, 7])
+        # answers cut short, so their last token and the forced [SEG] are fed to the batch's cache
+        forced = segmenter.predict_batch([rgb_image, rgb_image], [PROMPT, PROMPT], max_new_tokens=2, force_seg=True)[0]
+        session = segmenter.chat(rgb_image)
+        session.ask(PROMPT, max_new_tokens=4)
+        session.ask(PROMPT, max_new_tokens=4)  # the first answer's tail is fed to the cache
+    assert forced.seg_forced and len(forced.masks) == 1
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_seg_states_equal_a_teacher_forced_forward(tiny, rgb_image):
     """The [SEG] state collected during decoding equals the one a full forward over the answer takes."""
     model, processor = tiny

@@ -7,8 +7,10 @@ beyond one ``[hidden]`` vector per step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache as _memoised
 
 import torch
 from transformers import DynamicCache
@@ -31,12 +33,23 @@ class DecodeResult:
     attention_mask: torch.Tensor | None = None
 
 
+@_memoised
+def _cache_parameter(module_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
+
+
+def kv_cache_kwargs(module, cache) -> dict:
+    """``{name: cache}`` under the name ``module``'s forward takes its KV cache by: ``cache`` from transformers 5.25
+    on (where ``past_key_values`` warns on every call and is to be removed in 5.40), ``past_key_values`` before."""
+    return {_cache_parameter(type(module)): cache}
+
+
 def _decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=None):
     out = decoder(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        **kv_cache_kwargs(decoder, cache),
         use_cache=cache is not None,
         **(extra or {}),
     )

@@ -18,7 +18,7 @@ from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from ..processing.image_io import load_image
 from ..processing.mask_regions import check_mask_regions
 from ..processing.processing_reasonseg import ReasonSegProcessor
-from .generation import first_row_position, greedy_decode
+from .generation import first_row_position, greedy_decode, kv_cache_kwargs
 
 FORCED_NOTE = "(no [SEG] in the answer; mask forced)"
 
@@ -267,7 +267,7 @@ class Segmenter:
             inputs_embeds=embeds,
             attention_mask=torch.cat([cache_mask, feed_mask], dim=1),
             position_ids=positions,
-            past_key_values=result.cache,
+            **kv_cache_kwargs(model.decoder, result.cache),
             use_cache=True,
         )
         hidden = out.last_hidden_state.float()
@@ -464,7 +464,7 @@ class ChatSession:
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self._cache,
+            **kv_cache_kwargs(model.decoder, self._cache),
             use_cache=True,
             **(extra or {}),
         )
