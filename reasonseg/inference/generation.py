@@ -44,7 +44,9 @@ def kv_cache_kwargs(module, cache) -> dict:
     return {_cache_parameter(type(module)): cache}
 
 
-def _decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=None):
+def decoder_step(decoder, embeds, attention_mask, position_ids, cache, extra=None) -> torch.Tensor:
+    """One decoder call over ``embeds``, through ``cache`` when one is given (which it extends); the last hidden
+    states ``[B, T, hidden]``. ``extra``: further decoder inputs (e.g. Qwen-VL's visual position masks)."""
     out = decoder(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
@@ -134,12 +136,12 @@ def greedy_decode(
             if step == 0:
                 mask = decoder_attention_mask(full_mask, image_positions, step_embeds.shape[1], decoder.config,
                                               inputs_embeds.dtype)
-            hidden = _decoder_step(decoder, step_embeds, mask, step_positions, cache, extra)
+            hidden = decoder_step(decoder, step_embeds, mask, step_positions, cache, extra)
         else:
             extra = extend_prefill_kwargs(prefill_kwargs, all_embeds.shape[1])
             positions = None if image_positions is None else _pad_as_text(image_positions, all_embeds.shape[1])
             mask = decoder_attention_mask(full_mask, positions, None, decoder.config, inputs_embeds.dtype)
-            hidden = _decoder_step(decoder, all_embeds, mask, all_positions, None, extra)
+            hidden = decoder_step(decoder, all_embeds, mask, all_positions, None, extra)
         last = hidden[:, -1]
         token = lm_head(last).argmax(dim=-1)
         for row in range(batch):

@@ -18,7 +18,7 @@ from ..modeling.modeling_reasonseg import ReasonSegForCausalLM
 from ..processing.image_io import load_image
 from ..processing.mask_regions import check_mask_regions
 from ..processing.processing_reasonseg import ReasonSegProcessor
-from .generation import first_row_position, greedy_decode, kv_cache_kwargs
+from .generation import decoder_step, first_row_position, greedy_decode
 
 FORCED_NOTE = "(no [SEG] in the answer; mask forced)"
 
@@ -263,14 +263,8 @@ class Segmenter:
             positions[..., row, :] = start
             positions[..., row, width - count :] = start + torch.arange(count, device=device)
         embeds = model.get_input_embeddings()(feed_ids).to(spliced.inputs_embeds.dtype)
-        out = model.decoder(
-            inputs_embeds=embeds,
-            attention_mask=torch.cat([cache_mask, feed_mask], dim=1),
-            position_ids=positions,
-            **kv_cache_kwargs(model.decoder, result.cache),
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state.float()
+        hidden = decoder_step(model.decoder, embeds, torch.cat([cache_mask, feed_mask], dim=1), positions,
+                              result.cache).float()
         return [hidden[row, width - len(plan.fed) :] if plan.fed else None for row, plan in enumerate(plans)]
 
 
@@ -460,15 +454,8 @@ class ChatSession:
         """Run ids through the cached decoder; returns their hidden states ``[len(ids), hidden]``."""
         model = self.segmenter.model
         embeds, mask, positions, extra, _ = self._embed_new_ids(ids)  # text only: causal
-        out = model.decoder(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            **kv_cache_kwargs(model.decoder, self._cache),
-            use_cache=True,
-            **(extra or {}),
-        )
+        hidden = decoder_step(model.decoder, embeds, mask, positions, self._cache, extra)
         self._cache_mask = mask
         self._next_position += len(ids)
         self._pending_ids = []
-        return out.last_hidden_state[0].float()
+        return hidden[0].float()
